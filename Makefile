@@ -1,0 +1,39 @@
+# `make test` and `make run` do all set-up on a fresh machine: a virtualenv in .venv with the
+# package and its test extras, and Debian's dataset-fashion-mnist (the embedded default data).
+VENV    ?= .venv
+PYTHON  := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+FMNIST  := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+PYTEST_ARGS ?=
+
+.PHONY: setup test test-all run bench clean
+
+setup: $(STAMP) $(FMNIST)
+
+$(STAMP): setup.cfg pyproject.toml
+	python3 -m venv $(VENV)
+	$(PYTHON) -m pip install -q --upgrade pip
+	$(PYTHON) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+$(FMNIST):
+	@if [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -q dataset-fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)) ; \
+	else \
+	  echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist' (Debian package)"; exit 1; \
+	fi
+
+test: setup
+	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
+
+test-all: setup
+	$(PYTHON) -m pytest -q --runslow $(PYTEST_ARGS)
+
+run: setup
+	$(PYTHON) -m simclrv2 run
+
+bench: setup
+	for b in benchmarks/*.py; do $(PYTHON) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache
