@@ -1,0 +1,122 @@
+"""Losses and monitors of the three SimCLRv2 stages.
+
+Everything here is plain TensorFlow on tensors, so it can be checked against numpy and runs the
+same in any replica context.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+# Subtracted from the self-similarity logits so that exp() sends them to 0; a large finite number
+# rather than -inf keeps the softmax free of NaNs under float16/bfloat16 too.
+LARGE_NUM = 1e9
+
+
+def _replica_info():
+    """(num_replicas, replica_id) of the current replica context (1, 0 outside any strategy)."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None:  # cross-replica context: the caller is not inside strategy.run
+        return 1, 0
+    return ctx.num_replicas_in_sync, ctx.replica_id_in_sync_group
+
+
+def nt_xent_gathered(h1, h2, h1_all, h2_all, replica_id, temperature):
+    """NT-Xent of the local pairs (h1, h2) against the negatives of the whole global batch.
+
+    `h1_all`/`h2_all` are the concatenation over replicas (replica order) of the L2-normalised
+    views; the positives of local row i are at column `replica_id * B + i` of the gathered batch.
+    Returns (mean loss over the local rows, logits_ab, one-hot labels over 2 * global columns).
+    """
+    batch = tf.shape(h1)[0]
+    enlarged = tf.shape(h1_all)[0]
+    idx = tf.range(batch) + tf.cast(replica_id, tf.int32) * batch
+    labels = tf.one_hot(idx, enlarged * 2)
+    # A view must not count its own copy as a negative.
+    masks = tf.one_hot(idx, enlarged)
+    logits_aa = tf.matmul(h1, h1_all, transpose_b=True) / temperature - masks * LARGE_NUM
+    logits_bb = tf.matmul(h2, h2_all, transpose_b=True) / temperature - masks * LARGE_NUM
+    logits_ab = tf.matmul(h1, h2_all, transpose_b=True) / temperature
+    logits_ba = tf.matmul(h2, h1_all, transpose_b=True) / temperature
+    loss_a = tf.nn.softmax_cross_entropy_with_logits(labels, tf.concat([logits_ab, logits_aa], 1))
+    loss_b = tf.nn.softmax_cross_entropy_with_logits(labels, tf.concat([logits_ba, logits_bb], 1))
+    return tf.reduce_mean(loss_a + loss_b), logits_ab, labels
+
+
+def nt_xent_loss(hidden, temperature=0.1, hidden_norm=True):
+    """SimCLR's contrastive loss on `hidden` = concat([view1, view2]) of the local batch.
+
+    Inside `strategy.run` with several replicas the views of every replica are gathered
+    (`ReplicaContext.all_gather`, whose gradient sums back to the owning replica), so N replicas of
+    per-replica batch B see the same negatives as one batch of N*B. The returned loss is the mean
+    over local rows; summing `loss / N` over replicas gives the global-batch mean.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    hidden = tf.cast(hidden, tf.float32)  # the softmax over thousands of logits needs float32
+    if hidden_norm:
+        hidden = tf.math.l2_normalize(hidden, axis=-1)
+    h1, h2 = tf.split(hidden, 2, axis=0)
+    num_replicas, replica_id = _replica_info()
+    if num_replicas > 1:
+        ctx = tf.distribute.get_replica_context()
+        h1_all = ctx.all_gather(h1, axis=0)
+        h2_all = ctx.all_gather(h2, axis=0)
+    else:
+        h1_all, h2_all = h1, h2
+    return nt_xent_gathered(h1, h2, h1_all, h2_all, replica_id, temperature)
+
+
+def contrastive_metrics(logits_ab, labels):
+    """(accuracy of finding the positive among view-2 candidates, mean entropy of that softmax)."""
+    width = tf.shape(logits_ab)[1]
+    target = tf.argmax(labels[:, :width], axis=1)
+    acc = tf.reduce_mean(tf.cast(tf.equal(target, tf.argmax(logits_ab, axis=1)), tf.float32))
+    prob = tf.nn.softmax(logits_ab)
+    entropy = -tf.reduce_mean(tf.reduce_sum(prob * tf.math.log(prob + 1e-8), axis=-1))
+    return acc, entropy
+
+
+def supervised_loss(labels, logits, num_classes):
+    """Mean softmax cross-entropy; `labels` are integer class ids."""
+    onehot = tf.one_hot(tf.cast(labels, tf.int32), num_classes)
+    return tf.reduce_mean(
+        tf.nn.softmax_cross_entropy_with_logits(onehot, tf.cast(logits, tf.float32)))
+
+
+def distillation_loss(teacher_logits, student_logits, temperature=1.0):
+    """tau^2 * CE(softmax(teacher / tau), softmax(student / tau)), averaged over the batch.
+
+    The tau^2 factor keeps the gradient scale independent of tau (Hinton et al. 2015); the
+    teacher's side carries no gradient.
+    """
+    if temperature <= 0:
+        raise ValueError(f"distillation temperature must be > 0, got {temperature}")
+    teacher = tf.stop_gradient(tf.nn.softmax(tf.cast(teacher_logits, tf.float32) / temperature))
+    ce = tf.nn.softmax_cross_entropy_with_logits(
+        teacher, tf.cast(student_logits, tf.float32) / temperature)
+    return tf.reduce_mean(ce) * temperature ** 2
+
+
+def knn_predict(query, bank, bank_labels, num_classes, k=200, temperature=0.1, chunk=1024):
+    """Weighted kNN vote (Wu et al. 2018, InstDisc): class score = sum over the k most cosine-similar
+    bank entries of exp(sim / temperature). Returns predicted class ids of `query`."""
+    bank = tf.math.l2_normalize(tf.cast(bank, tf.float32), axis=-1)
+    bank_labels = tf.cast(bank_labels, tf.int32)
+    k = int(min(k, int(bank.shape[0])))
+    preds = []
+    for start in range(0, int(query.shape[0]), chunk):  # bounded memory: chunk x bank similarities
+        q = tf.math.l2_normalize(tf.cast(query[start:start + chunk], tf.float32), axis=-1)
+        sim = tf.matmul(q, bank, transpose_b=True)
+        top_sim, top_idx = tf.math.top_k(sim, k=k)
+        weights = tf.exp(top_sim / temperature)
+        votes = tf.one_hot(tf.gather(bank_labels, top_idx), num_classes) * weights[..., None]
+        preds.append(tf.argmax(tf.reduce_sum(votes, axis=1), axis=-1, output_type=tf.int32))
+    return tf.concat(preds, axis=0)
+
+
+def knn_top1(query, query_labels, bank, bank_labels, num_classes, k=200, temperature=0.1):
+    """Top-1 accuracy (0..1) of `knn_predict`."""
+    pred = knn_predict(query, bank, bank_labels, num_classes, k=k, temperature=temperature)
+    return float(tf.reduce_mean(tf.cast(tf.equal(pred, tf.cast(query_labels, tf.int32)),
+                                        tf.float32)))
