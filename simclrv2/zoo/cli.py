@@ -1,0 +1,190 @@
+"""`simclrv2 zoo {list,info,download}` and `simclrv2 convert`.
+
+User errors (unknown name, missing directory, failed download) print one `error:` line (the
+download error adds how to place the files by hand) to stderr and return 2, without a
+traceback. The importer is imported only by `convert`, so listing stays cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import re
+import sys
+
+from simclrv2.zoo import checkpoints as ck
+from simclrv2.zoo import download as dl
+
+_ARCH_RE = re.compile(r"^r\d+_\d+(\.\d+)?x_sk[01]$")
+
+
+class _UserError(Exception):
+    pass
+
+
+def _fmt_top1(value):
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _zoo_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="simclrv2 zoo",
+        description="List, describe and download the SavedModels released by the SimCLR "
+                    "authors (gs://simclr-checkpoints-tf2). Downloads go to $SIMCLRV2_HOME "
+                    "(default ~/.keras/simclrv2) and are resumed if interrupted.")
+    sub = parser.add_subparsers(dest="command", metavar="{list,info,download}")
+    sub.required = True
+
+    p = sub.add_parser("list", help="table of released checkpoints",
+                       description="Print one row per released checkpoint: name, stage, "
+                                   "architecture, the paper's ImageNet top-1 (%%), whether "
+                                   "it is in the cache, and its HTTPS URL.")
+    p.add_argument("--stage", help=f"only this stage ({', '.join(ck.STAGES)})")
+    p.add_argument("--arch", dest="architecture", help="only this architecture, e.g. r50_1x_sk1")
+    p.add_argument("--version", type=int, choices=(1, 2), help="only SimCLR v1 or v2")
+    p.add_argument("--cache-dir", help="cache root to look in (default: $SIMCLRV2_HOME or "
+                                       "~/.keras/simclrv2)")
+
+    p = sub.add_parser("info", help="everything known about one checkpoint name",
+                       description="Print every field of the checkpoints called NAME (all "
+                                   "stages, or one with --stage) and where they are cached.")
+    p.add_argument("name", help="checkpoint name, e.g. r50_1x_sk1 or simclrv1_r50_4x")
+    p.add_argument("--stage", help="only this stage")
+    p.add_argument("--cache-dir", help="cache root to look in")
+
+    p = sub.add_parser("download", help="download one checkpoint into the cache",
+                       description="Download NAME at STAGE (three files: saved_model.pb and "
+                                   "the variables) and print the local saved_model directory. "
+                                   "Nothing is downloaded if it is already cached.")
+    p.add_argument("name", help="checkpoint name, e.g. r50_1x_sk1 (see `simclrv2 zoo list`)")
+    p.add_argument("--stage", required=True,
+                   help=f"one of {', '.join(ck.STAGES)}")
+    p.add_argument("--cache-dir", help="cache root (default: $SIMCLRV2_HOME or ~/.keras/simclrv2)")
+    p.add_argument("--base-url", help="HTTP(S) root to fetch from instead of "
+                                      f"{ck.HTTPS_ROOT} (also $SIMCLRV2_BASE_URL)")
+    p.add_argument("--retries", type=int, default=4, help="tries per file (default 4)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def zoo_main(argv=None) -> int:
+    args = _zoo_parser().parse_args(argv)
+    try:
+        if args.command == "list":
+            return _list(args)
+        if args.command == "info":
+            return _info(args)
+        return _download(args)
+    except (_UserError, ValueError, OSError) as e:
+        print(f"simclrv2 zoo {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _list(args) -> int:
+    rows = [("name", "stage", "arch", "top-1", "cached", "url")]
+    for c in ck.list_checkpoints(stage=args.stage, architecture=args.architecture,
+                                 version=args.version):
+        rows.append((c.name, c.stage, c.architecture, _fmt_top1(c.top1),
+                     "yes" if dl.is_cached(c, args.cache_dir) else "", c.url))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)) + "  " + r[-1])
+    print(f"{len(rows) - 1} checkpoints; top-1: ImageNet %, Table 1 of arXiv:2006.10029 "
+          "(pretrained = linear eval); '-' = not published")
+    return 0
+
+
+def _info(args) -> int:
+    if args.stage is not None:
+        entries = [ck.get_checkpoint(args.name, args.stage)]
+    else:
+        entries = [c for c in ck.list_checkpoints() if c.name == args.name]
+        if not entries:
+            ck.get_checkpoint(args.name, "pretrained")  # raises with the list of names
+    for i, c in enumerate(entries):
+        if i:
+            print()
+        fields = c.to_dict()
+        fields["cache_path"] = str(dl.saved_model_cache_path(c, args.cache_dir))
+        fields["cached"] = dl.is_cached(c, args.cache_dir)
+        width = max(len(k) for k in fields)
+        for key, value in fields.items():
+            print(f"{key.ljust(width)}  {value}")
+    return 0
+
+
+def _download(args) -> int:
+    path = dl.download_checkpoint(args.name, args.stage, cache_dir=args.cache_dir,
+                                  base_url=args.base_url, progress=not args.quiet,
+                                  retries=args.retries)
+    print(path)
+    return 0
+
+
+def _convert_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="simclrv2 convert",
+        description="Convert an official SimCLR TF2 SavedModel into a Keras 3 .keras model "
+                    "(weights copied into the simclrv2 architecture, outputs checked against "
+                    "the SavedModel). Give a local directory with --saved-model, or a "
+                    "released checkpoint with --checkpoint NAME --stage STAGE (downloaded "
+                    "into the cache first).")
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--saved-model", metavar="DIR",
+                     help="local saved_model directory (holds saved_model.pb and variables/)")
+    src.add_argument("--checkpoint", metavar="NAME",
+                     help="released checkpoint name (see `simclrv2 zoo list`); needs --stage")
+    parser.add_argument("--stage", help="stage of --checkpoint, e.g. pretrained or finetuned_10pct")
+    parser.add_argument("--out", required=True, metavar="FILE.keras",
+                        help="output model file; must end in .keras")
+    parser.add_argument("--arch", metavar="NAME",
+                        help="architecture such as r50_1x_sk1; default: read from the "
+                             "SavedModel (or from the registry with --checkpoint)")
+    parser.add_argument("--cache-dir", help="cache root for --checkpoint downloads")
+    parser.add_argument("--base-url", help="HTTP(S) root for --checkpoint downloads")
+    return parser
+
+
+def convert_main(argv=None) -> int:
+    parser = _convert_parser()
+    args = parser.parse_args(argv)
+    if args.checkpoint is not None and args.stage is None:
+        parser.error("--checkpoint needs --stage (e.g. --stage pretrained)")
+    if args.saved_model is not None and args.stage is not None:
+        parser.error("--stage only goes with --checkpoint")
+    try:
+        out = pathlib.Path(args.out)
+        if out.suffix != ".keras":
+            raise _UserError(f"--out {args.out!r} must end in .keras (Keras 3 native format), "
+                             f"e.g. --out {out.with_suffix('.keras')}")
+        if not out.parent.is_dir():
+            raise _UserError(f"the directory of --out, {out.parent}, does not exist; create it first")
+        if args.arch is not None and not _ARCH_RE.match(args.arch):
+            raise _UserError(f"--arch {args.arch!r} is not of the form r{{depth}}_{{width}}x_sk{{0|1}}, "
+                             "e.g. r50_1x_sk1")
+        architecture = args.arch
+        if args.checkpoint is not None:
+            entry = ck.get_checkpoint(args.checkpoint, args.stage)
+            architecture = architecture or entry.architecture
+            saved_model = dl.download_checkpoint(entry.name, entry.stage, cache_dir=args.cache_dir,
+                                                 base_url=args.base_url)
+        else:
+            saved_model = pathlib.Path(args.saved_model)
+            if not (saved_model / "saved_model.pb").is_file():
+                hint = (f"; did you mean {saved_model / 'saved_model'}?"
+                        if (saved_model / "saved_model" / "saved_model.pb").is_file() else "")
+                raise _UserError(f"--saved-model {saved_model} has no saved_model.pb; give the "
+                                 f"saved_model directory itself{hint}")
+        try:
+            from simclrv2.zoo.importer import convert_saved_model
+        except ImportError as e:
+            if e.name not in ("simclrv2.zoo.importer",):
+                raise
+            raise _UserError("this build of simclrv2 has no importer (simclrv2.zoo.importer "
+                             "is missing); update the package") from e
+        result = convert_saved_model(saved_model, out, architecture=architecture)
+    except (_UserError, ValueError, OSError) as e:
+        print(f"simclrv2 convert: error: {e}", file=sys.stderr)
+        return 2
+    print(result if result is not None else out)
+    return 0

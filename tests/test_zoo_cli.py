@@ -1,0 +1,203 @@
+"""`simclrv2 zoo ...` and `simclrv2 convert` (argument parsing, errors, wiring)."""
+
+import importlib.util
+import sys
+import types
+
+import pytest
+
+from simclrv2 import cli as top_cli
+from simclrv2.zoo import cli, download as dl
+from simclrv2.zoo.checkpoints import get_checkpoint
+
+from test_download import FILES, NAME, STAGE, _assert_same_files, serve
+
+
+def _run(main, argv, capsys):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_list_all_and_filtered(capsys, tmp_path):
+    code, out, err = _run(top_cli.main, ["zoo", "list", "--cache-dir", str(tmp_path)], capsys)
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    assert lines[0].split()[:5] == ["name", "stage", "arch", "top-1", "cached"]
+    assert "80 checkpoints" in lines[-1]
+    row = next(l for l in lines if l.startswith("r152_3x_sk1") and " finetuned_100pct " in l)
+    assert "83.1" in row
+    assert row.endswith(get_checkpoint("r152_3x_sk1", "finetuned_100pct").url)
+
+    code, out, _ = _run(cli.zoo_main, ["list", "--stage", "distill_10pct",
+                                       "--cache-dir", str(tmp_path)], capsys)
+    assert code == 0
+    body = out.splitlines()[1:-1]
+    assert len(body) == 3 and all(" distill_10pct " in l for l in body)
+
+
+@pytest.mark.parametrize("main,argv,text", [
+    (cli.zoo_main, ["--help"], "$SIMCLRV2_HOME"),
+    (cli.zoo_main, ["download", "--help"], "--base-url"),
+    (cli.convert_main, ["--help"], "--saved-model DIR"),
+])
+def test_help(capsys, main, argv, text):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 0
+    assert text in capsys.readouterr().out
+
+
+def test_list_bad_stage_is_one_line_exit_2(capsys):
+    code, out, err = _run(cli.zoo_main, ["list", "--stage", "linear"], capsys)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1
+    assert err.startswith("simclrv2 zoo list: error: unknown stage 'linear'")
+    assert "Traceback" not in err
+
+
+def test_info(capsys, tmp_path):
+    code, out, _ = _run(cli.zoo_main, ["info", "simclrv1_r50_4x", "--cache-dir", str(tmp_path)],
+                        capsys)
+    assert code == 0
+    assert out.count("gs_url") == 3  # pretrained, finetuned_10pct, finetuned_100pct
+    assert "gs://simclr-checkpoints-tf2/simclrv1/pretrain/4x/saved_model" in out
+    assert out.count("has_projection_head  False") == 3
+    code, out, err = _run(cli.zoo_main, ["info", "r50_9x_sk0"], capsys)
+    assert code == 2 and "unknown checkpoint name 'r50_9x_sk0'" in err
+
+
+def test_download_prints_path_and_marks_cached(capsys, tmp_path):
+    with serve() as (server, base):
+        code, out, err = _run(cli.zoo_main, ["download", NAME, "--stage", STAGE, "--quiet",
+                                             "--cache-dir", str(tmp_path), "--base-url", base],
+                              capsys)
+    assert code == 0, err
+    path = dl.saved_model_cache_path(get_checkpoint(NAME, STAGE), tmp_path)
+    assert out.strip() == str(path)
+    _assert_same_files(path)
+    _, out, _ = _run(cli.zoo_main, ["list", "--arch", NAME, "--cache-dir", str(tmp_path)], capsys)
+    cached = [l.split()[1] for l in out.splitlines()[1:-1] if " yes " in l]
+    assert cached == [STAGE]
+
+
+def test_download_errors(capsys, tmp_path):
+    with serve(files={}) as (server, base):
+        code, out, err = _run(cli.zoo_main, ["download", NAME, "--stage", STAGE, "--quiet",
+                                             "--cache-dir", str(tmp_path), "--base-url", base,
+                                             "--retries", "1"], capsys)
+    assert code == 2 and out == ""
+    assert err.startswith("simclrv2 zoo download: error: could not download http://127.0.0.1")
+    assert "gsutil" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as info:  # --stage is required
+        cli.zoo_main(["download", NAME])
+    assert info.value.code == 2
+    assert "--stage" in capsys.readouterr().err
+
+
+@pytest.fixture
+def fake_importer(monkeypatch):
+    calls = []
+    module = types.ModuleType("simclrv2.zoo.importer")
+
+    def convert_saved_model(saved_model_dir, out_path, architecture=None):
+        calls.append((str(saved_model_dir), str(out_path), architecture))
+        return out_path
+
+    module.convert_saved_model = convert_saved_model
+    monkeypatch.setitem(sys.modules, "simclrv2.zoo.importer", module)
+    return calls
+
+
+def _saved_model_dir(tmp_path):
+    d = tmp_path / "sm"
+    (d / "variables").mkdir(parents=True)
+    (d / "saved_model.pb").write_bytes(b"")
+    return d
+
+
+def test_convert_passes_arguments(capsys, tmp_path, fake_importer):
+    sm = _saved_model_dir(tmp_path)
+    out_file = tmp_path / "m.keras"
+    code, out, err = _run(top_cli.main, ["convert", "--saved-model", str(sm), "--out",
+                                         str(out_file), "--arch", "r50_1x_sk1"], capsys)
+    assert code == 0, err
+    assert fake_importer == [(str(sm), str(out_file), "r50_1x_sk1")]
+    assert out.strip() == str(out_file)
+    code, _, _ = _run(cli.convert_main, ["--saved-model", str(sm), "--out", str(out_file)], capsys)
+    assert code == 0 and fake_importer[-1][2] is None
+
+
+def test_convert_from_released_checkpoint(capsys, tmp_path, fake_importer):
+    with serve() as (server, base):
+        code, _, err = _run(cli.convert_main, [
+            "--checkpoint", NAME, "--stage", STAGE, "--out", str(tmp_path / "m.keras"),
+            "--cache-dir", str(tmp_path / "cache"), "--base-url", base], capsys)
+    assert code == 0, err
+    sm, _, arch = fake_importer[0]
+    assert arch == NAME  # taken from the registry
+    _assert_same_files(dl.pathlib.Path(sm))
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--out", "m.keras"], "one of the arguments --saved-model --checkpoint is required"),
+    (["--saved-model", "x"], "the following arguments are required: --out"),
+    (["--saved-model", "x", "--checkpoint", "y", "--out", "m.keras"], "not allowed with"),
+    (["--checkpoint", NAME, "--out", "m.keras"], "--checkpoint needs --stage"),
+    (["--saved-model", "x", "--stage", "pretrained", "--out", "m.keras"], "only goes with"),
+])
+def test_convert_argument_errors(capsys, argv, message):
+    with pytest.raises(SystemExit) as info:
+        cli.convert_main(argv)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_convert_user_errors_are_one_line(capsys, tmp_path, fake_importer):
+    sm = _saved_model_dir(tmp_path)
+    cases = [
+        (["--saved-model", str(sm), "--out", str(tmp_path / "m.h5")], "must end in .keras"),
+        (["--saved-model", str(sm), "--out", str(tmp_path / "no" / "m.keras")], "does not exist"),
+        (["--saved-model", str(tmp_path), "--out", str(tmp_path / "m.keras")],
+         "has no saved_model.pb"),
+        (["--saved-model", str(sm), "--out", str(tmp_path / "m.keras"), "--arch", "resnet50"],
+         "is not of the form"),
+        (["--checkpoint", "nope", "--stage", "pretrained", "--out", str(tmp_path / "m.keras")],
+         "unknown checkpoint name 'nope'"),
+    ]
+    for argv, message in cases:
+        code, out, err = _run(cli.convert_main, argv, capsys)
+        assert code == 2, argv
+        assert err.startswith("simclrv2 convert: error: ") and message in err, err
+        assert err.count("\n") == 1
+    assert fake_importer == []
+
+
+def test_convert_reports_importer_value_error(capsys, tmp_path, monkeypatch):
+    module = types.ModuleType("simclrv2.zoo.importer")
+
+    def convert_saved_model(saved_model_dir, out_path, architecture=None):
+        raise ValueError("logits_sup matches neither wiring of the supervised head")
+
+    module.convert_saved_model = convert_saved_model
+    monkeypatch.setitem(sys.modules, "simclrv2.zoo.importer", module)
+    code, _, err = _run(cli.convert_main, ["--saved-model", str(_saved_model_dir(tmp_path)),
+                                           "--out", str(tmp_path / "m.keras")], capsys)
+    assert code == 2 and "matches neither wiring" in err
+
+
+_HAS_IMPORTER = importlib.util.find_spec("simclrv2.zoo.importer") is not None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _HAS_IMPORTER, reason="simclrv2.zoo.importer not written yet")
+def test_convert_end_to_end_with_real_importer(capsys, tmp_path):
+    from official_format_writer import write_official_saved_model
+
+    sm = write_official_saved_model(tmp_path / "sm", depth=18, width=1, sk=False,
+                                    cifar_stem=True, num_classes=10)
+    out_file = tmp_path / "m.keras"
+    code, _, err = _run(cli.convert_main, ["--saved-model", str(sm), "--out", str(out_file),
+                                           "--arch", "r18_1x_sk0"], capsys)
+    assert code == 0, err
+    assert out_file.is_file()
