@@ -41,9 +41,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if rel not in srv.files:
             self.send_error(404)
             return
+        if srv.errors_left > 0:
+            srv.errors_left -= 1
+            self.send_error(503)
+            return
         body = srv.files[rel]
         start = 0
         m = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
+        if m and srv.honor_range and int(m.group(1)) >= len(body):
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{len(body)}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if m and srv.honor_range:
             start = int(m.group(1))
             self.send_response(206)
@@ -67,11 +77,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def serve(honor_range=True, drops=0, truncate_always=False, files=FILES):
+def serve(honor_range=True, drops=0, truncate_always=False, files=FILES, errors=0):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     server.daemon_threads = True
     server.files, server.requests = dict(files), []
     server.honor_range, server.drops_left, server.truncate_always = honor_range, drops, truncate_always
+    server.errors_left = errors
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                               daemon=True)
     thread.start()
@@ -141,6 +152,26 @@ def test_server_ignoring_range_restarts_from_zero(tmp_path):
         path = _download(tmp_path, base, retries=2)
         _assert_same_files(path)  # not the half-file with the whole file appended
     assert server.requests[-1][1] is not None  # we did ask to resume
+
+
+def test_server_errors_are_retried(tmp_path):
+    with serve(errors=2) as (server, base):
+        path = _download(tmp_path, base, retries=3)
+        _assert_same_files(path)
+    assert len(server.requests) == 5
+
+
+def test_stale_part_longer_than_file_is_restarted(tmp_path):
+    # e.g. the object was replaced upstream by a smaller one: the server answers 416.
+    staging = _final(tmp_path).parent / (_final(tmp_path).name + ".partial")
+    stale = staging / "saved_model.pb.part"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"\0" * (len(FILES["saved_model.pb"]) + 10))
+    with serve() as (server, base):
+        path = _download(tmp_path, base, retries=2)
+        _assert_same_files(path)
+    assert server.requests[0][1] == f"bytes={len(FILES['saved_model.pb']) + 10}-"
+    assert server.requests[1][1] is None
 
 
 def test_not_found_is_a_clear_error_and_no_entry(tmp_path):

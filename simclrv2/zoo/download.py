@@ -159,7 +159,8 @@ def _fetch(url: str, dest: pathlib.Path, *, progress: bool, retries: int, timeou
             last = e
             reason = getattr(e, "reason", None) if isinstance(e, urllib.error.URLError) else e
             last_msg = f"{type(e).__name__}: {reason}"
-    raise _FetchFailed(f"{last_msg} (after {retries} tries)", last)
+    tries = "1 try" if retries == 1 else f"{retries} tries"
+    raise _FetchFailed(f"{last_msg}; gave up after {tries}", last)
 
 
 def _fetch_once(url: str, part: pathlib.Path, *, progress: bool, timeout: float) -> None:
