@@ -1,0 +1,284 @@
+"""Typed configuration of the training stages and the recipe files that fill it.
+
+A recipe is a JSON object whose keys are fields of the stage's dataclass; keys that start with
+`_` (`_source`, `_comment`) are annotations and are ignored. `stage` names the stage the recipe is
+for. Unknown keys and values of the wrong type are errors that name the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+import typing
+from typing import Optional
+
+RECIPE_DIR = pathlib.Path(__file__).parent / "recipes"
+
+STRATEGIES = ("default", "mirrored", "multiworker", "tpu")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+OPTIMIZERS = ("lars", "momentum", "adamw")
+SCALINGS = ("linear", "sqrt", "none")
+
+
+class ConfigError(ValueError):
+    """A recipe or override that does not fit the typed configuration."""
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Fields every stage shares: data, schedule, optimiser, distribution, checkpoints, logs."""
+
+    model_dir: str = "runs/default"
+    dataset: str = "fashion_mnist"  # a simclrv2.data name, or "synthetic" (random images, smoke tests)
+    data_dir: Optional[str] = None
+    image_size: int = 32
+    num_classes: int = 0  # 0 = from the dataset
+    global_batch_size: int = 256
+    train_epochs: float = 100.0
+    train_steps: int = 0  # > 0 overrides train_epochs
+    num_train_examples: int = 0  # 0 = the size of the training split
+    optimizer: str = "lars"
+    learning_rate: float = 0.3
+    learning_rate_scaling: str = "linear"
+    warmup_epochs: float = 10.0
+    weight_decay: float = 1e-6
+    momentum: float = 0.9
+    strategy: str = "default"
+    tpu: str = ""  # TPU address for strategy=tpu ("" = the local TPU / TPU_NAME)
+    global_bn: bool = True
+    mixed_precision: str = "float32"
+    checkpoint_steps: int = 500
+    keep_checkpoints: int = 5
+    log_steps: int = 50
+    eval_batch_size: int = 256
+    num_eval_examples: int = 0  # 0 = the whole split
+    seed: int = 0
+    deterministic: bool = False
+    progress_bar: bool = True
+
+    def validate(self):
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("learning_rate_scaling", self.learning_rate_scaling, SCALINGS)
+        _choice("strategy", self.strategy, STRATEGIES)
+        _choice("mixed_precision", self.mixed_precision, PRECISIONS)
+        for name in ("global_batch_size", "image_size", "checkpoint_steps", "keep_checkpoints",
+                     "log_steps", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.train_steps < 0 or self.train_epochs < 0 or self.warmup_epochs < 0:
+            raise ConfigError("train_steps, train_epochs and warmup_epochs must be >= 0")
+        if self.train_steps == 0 and self.train_epochs == 0:
+            raise ConfigError("set train_steps or train_epochs to a positive number")
+        if self.learning_rate < 0 or self.weight_decay < 0:
+            raise ConfigError("learning_rate and weight_decay must be >= 0")
+
+    def total_steps(self, num_examples: int) -> int:
+        """Upstream's rule: train_steps, else num_examples * epochs // batch + 1."""
+        if self.train_steps:
+            return self.train_steps
+        return int(num_examples * self.train_epochs // self.global_batch_size + 1)
+
+    def warmup_steps(self, num_examples: int, total: int) -> int:
+        return min(total, int(round(self.warmup_epochs * num_examples / self.global_batch_size)))
+
+
+@dataclasses.dataclass
+class PretrainConfig(RunConfig):
+    model: str = "r18_0.25x_sk0"
+    proj_out_dim: int = 128
+    num_proj_layers: int = 3
+    ft_proj_selector: int = 0  # where the linear-eval-while-pretraining head reads
+    temperature: float = 0.1
+    hidden_norm: bool = True
+    lineareval_while_pretraining: bool = True
+    color_jitter_strength: float = 1.0  # passed to the data package when it accepts it
+    knn_steps: int = 0  # kNN monitor every N steps (0 = only at the end)
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    knn_bank_size: int = 5000  # training examples in the kNN memory bank (0 = all)
+
+    def validate(self):
+        super().validate()
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+        if not 0 <= self.ft_proj_selector <= self.num_proj_layers:
+            raise ConfigError(f"ft_proj_selector must be in 0..num_proj_layers="
+                              f"{self.num_proj_layers}, got {self.ft_proj_selector}")
+
+
+@dataclasses.dataclass
+class FinetuneConfig(RunConfig):
+    checkpoint: str = ""  # a pretraining model_dir, a .keras file (ours or `simclrv2 convert`ed)
+    model: str = ""  # architecture when `checkpoint` is empty (training from scratch)
+    ft_proj_selector: int = 1
+    fine_tune_after_block: int = -1  # -1 everything; k: freeze stem + block groups 1..k; 4 = head only
+    zero_init_logits_layer: bool = True
+    label_fraction: float = 1.0
+    label_seed: int = 0
+    warmup_epochs: float = 0.0
+    weight_decay: float = 0.0
+
+    def validate(self):
+        super().validate()
+        if not self.checkpoint and not self.model:
+            raise ConfigError("set checkpoint (a pretraining model_dir or a .keras file) or model "
+                              "(an architecture name, to train from scratch)")
+        if not -1 <= self.fine_tune_after_block <= 4:
+            raise ConfigError(f"fine_tune_after_block must be in -1..4, got "
+                              f"{self.fine_tune_after_block}")
+        if not 0 < self.label_fraction <= 1:
+            raise ConfigError(f"label_fraction must be in (0, 1], got {self.label_fraction}")
+
+
+@dataclasses.dataclass
+class LinearEvalConfig(RunConfig):
+    """Offline linear evaluation: features of the frozen network, then a linear classifier."""
+
+    checkpoint: str = ""
+    feature: str = "final_avg_pool"  # any endpoint of the model dict
+    optimizer: str = "momentum"
+    learning_rate: float = 0.1
+    warmup_epochs: float = 0.0
+    weight_decay: float = 0.0
+    train_epochs: float = 90.0
+    label_fraction: float = 1.0
+    label_seed: int = 0
+
+    def validate(self):
+        super().validate()
+        if not self.checkpoint:
+            raise ConfigError("linear evaluation needs checkpoint (a model_dir or a .keras file)")
+
+
+@dataclasses.dataclass
+class DistillConfig(RunConfig):
+    teacher: str = ""  # a fine-tuned model_dir, a .keras file or a SavedModel directory
+    student: str = "r18_0.25x_sk0"  # a zoo architecture; the teacher's = self-distillation
+    temperature: float = 1.0
+    labeled_weight: float = 0.0  # > 0 adds weight * CE(labels, student) on the labeled subset
+    label_fraction: float = 1.0
+    label_seed: int = 0
+    student_proj_head: bool = True
+
+    def validate(self):
+        super().validate()
+        if not self.teacher:
+            raise ConfigError("distillation needs teacher (a model_dir, .keras or SavedModel)")
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+        if self.labeled_weight < 0:
+            raise ConfigError(f"labeled_weight must be >= 0, got {self.labeled_weight}")
+
+
+STAGES = {"pretrain": PretrainConfig, "finetune": FinetuneConfig,
+          "lineareval": LinearEvalConfig, "distill": DistillConfig}
+
+
+def _choice(name, value, valid):
+    if value not in valid:
+        raise ConfigError(f"{name} must be one of {', '.join(valid)}; got {value!r}")
+
+
+def _field_types(cls):
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(key, value, annotation, from_text):
+    """`value` as `annotation`; from_text: value is a command-line string."""
+    optional = typing.get_origin(annotation) is typing.Union and type(None) in typing.get_args(annotation)
+    base = [a for a in typing.get_args(annotation) if a is not type(None)][0] if optional else annotation
+    if value is None or (from_text and optional and value.lower() in ("none", "null")):
+        if optional:
+            return None
+        raise ConfigError(f"{key} must be a {base.__name__}, got null")
+    if from_text:
+        try:
+            if base is bool:
+                lowered = value.lower()
+                if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                return lowered in ("true", "1", "yes")
+            if base is int:
+                return int(value)
+            if base is float:
+                number = float(value)
+                if not math.isfinite(number):
+                    raise ValueError
+                return number
+            return value
+        except ValueError:
+            raise ConfigError(f"--{key}={value!r} is not a {base.__name__}") from None
+    # JSON: bool is a subclass of int in Python, so it is checked first and refused for numbers.
+    if base is bool:
+        ok = isinstance(value, bool)
+    elif base is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif base is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, base)
+    if not ok:
+        raise ConfigError(f"{key} must be a {base.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def from_dict(stage: str, values: dict, overrides: Optional[dict] = None):
+    """The stage's config from a recipe dict and command-line overrides ({key: text})."""
+    if stage not in STAGES:
+        raise ConfigError(f"unknown stage {stage!r}; valid: {', '.join(STAGES)}")
+    cls = STAGES[stage]
+    types = _field_types(cls)
+    recipe_stage = values.get("stage", stage)
+    if recipe_stage != stage:
+        raise ConfigError(f"this recipe is for `simclrv2 {recipe_stage}`, not `simclrv2 {stage}`")
+    kwargs = {}
+    for key, value in values.items():
+        if key == "stage" or key.startswith("_"):
+            continue
+        if key not in types:
+            raise ConfigError(f"unknown key {key!r} for stage {stage}; valid keys: "
+                              f"{', '.join(sorted(types))}")
+        kwargs[key] = _coerce(key, value, types[key], from_text=False)
+    for key, text in (overrides or {}).items():
+        if key not in types:
+            raise ConfigError(f"unknown option --{key} for stage {stage}; valid options: "
+                              f"{', '.join(sorted(types))}")
+        kwargs[key] = _coerce(key, text, types[key], from_text=True)
+    config = cls(**kwargs)
+    config.validate()
+    return config
+
+
+def list_recipes() -> list:
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.json"))
+
+
+def read_recipe(name_or_file: str) -> dict:
+    """A recipe by name (a file in simclrv2/recipes/recipes/) or path to a JSON file."""
+    path = pathlib.Path(name_or_file)
+    if not path.is_file():
+        path = RECIPE_DIR / f"{name_or_file}.json"
+    if not path.is_file():
+        raise ConfigError(f"no recipe {name_or_file!r}: not a file and not one of "
+                          f"{', '.join(list_recipes())}")
+    try:
+        values = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"recipe {path} is not valid JSON: {error}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"recipe {path} must hold a JSON object")
+    return values
+
+
+def load(stage: str, recipe: Optional[str] = None, overrides: Optional[dict] = None):
+    """`recipe` (name or file; None = the stage's defaults) + overrides -> validated config."""
+    values = read_recipe(recipe) if recipe else {}
+    return from_dict(stage, values, overrides)
+
+
+def to_dict(config) -> dict:
+    return dataclasses.asdict(config)

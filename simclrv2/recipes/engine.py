@@ -1,0 +1,205 @@
+"""The training loop shared by the stages: strategy, precision, checkpoints, logs, stop conditions."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import shutil
+import signal
+import threading
+import time
+
+import keras
+import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
+
+from simclrv2.recipes.config import ConfigError
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN/inf; the run stopped without saving the broken weights."""
+
+
+def configure_tf(config):
+    """Process-wide settings that must come before any model is built."""
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(config.seed)
+    keras.mixed_precision.set_global_policy(config.mixed_precision)
+
+
+def make_strategy(config) -> tf.distribute.Strategy:
+    if config.strategy == "default":
+        return tf.distribute.get_strategy()
+    if config.strategy == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if config.strategy == "multiworker":
+        if "TF_CONFIG" not in os.environ:
+            raise ConfigError("strategy=multiworker needs TF_CONFIG (cluster and task) in the "
+                              "environment of every worker")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    # TPU: TF's documented set-up (tf.distribute.TPUStrategy guide). There is no TPU here, so this
+    # path is untested in this repository.
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=config.tpu or None)
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def check_global_batch(global_batch: int, strategy) -> int:
+    """Per-replica batch; an error before any training when the split is uneven."""
+    replicas = strategy.num_replicas_in_sync
+    if global_batch % replicas:
+        raise ConfigError(
+            f"global_batch_size={global_batch} is not divisible by the {replicas} replicas; "
+            f"use a multiple of {replicas}, e.g. {global_batch - global_batch % replicas or replicas}")
+    return global_batch // replicas
+
+
+def is_chief(strategy) -> bool:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    return task_type in (None, "chief") or (task_type == "worker" and task_id == 0
+                                            and "chief" not in resolver.cluster_spec().as_dict())
+
+
+_SCALAR_METADATA = summary_pb2.SummaryMetadata(
+    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")).SerializeToString()
+
+
+class RunLog:
+    """TensorBoard scalars + metrics.jsonl in model_dir (chief only)."""
+
+    def __init__(self, model_dir: pathlib.Path, chief: bool):
+        self.chief = chief
+        self.path = model_dir / "metrics.jsonl"
+        self.writer = tf.summary.create_file_writer(str(model_dir / "train")) if chief else None
+
+    def write(self, step: int, scalars: dict, kind: str = "train"):
+        if not self.chief:
+            return
+        with self.writer.as_default():
+            for name, value in scalars.items():
+                # tf.summary.scalar lives in the tensorboard package, which tensorflow-cpu does
+                # not pull in; this is the record it writes (scalars plugin, float32 tensor).
+                tf.summary.write(f"{kind}/{name}", tf.constant(float(value), tf.float32),
+                                 step=step, metadata=_SCALAR_METADATA)
+        self.writer.flush()
+        record = {"step": int(step), "kind": kind, "time": time.time()}
+        record.update({k: float(v) for k, v in scalars.items()})
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+class _SigtermFlag:
+    """SIGTERM asks for a checkpoint and a clean stop after the current step."""
+
+    def __init__(self):
+        self.raised = False
+        self.previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.raised = True
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+def checkpoint_dir(model_dir: pathlib.Path, strategy) -> pathlib.Path:
+    """Workers other than the chief write to a scratch directory (TF's multi-worker rule: all must
+    save because saving is collective, but only the chief's copy is kept)."""
+    if is_chief(strategy):
+        return model_dir / "checkpoints"
+    resolver = strategy.cluster_resolver
+    return model_dir / f"scratch_{resolver.task_type}_{resolver.task_id}" / "checkpoints"
+
+
+def train_loop(*, config, strategy, model_dir, trackables, optimizer, replica_step, dataset_fn,
+               total_steps, eval_fn=None, eval_steps=0, log=None):
+    """Runs replica_step on distributed batches from `dataset_fn(start_batch)` until total_steps.
+
+    Resumes from the latest checkpoint in model_dir (weights, optimizer slots and step, hence the
+    schedule position; the data restarts at batch `step`). Saves every checkpoint_steps, at the end
+    and on SIGTERM. Returns (last metrics dict, status) with status "done" or "preempted".
+    """
+    model_dir = pathlib.Path(model_dir)
+    chief = is_chief(strategy)
+    ckpt = tf.train.Checkpoint(optimizer=optimizer, **trackables)
+    directory = checkpoint_dir(model_dir, strategy)
+    manager = tf.train.CheckpointManager(ckpt, str(directory), max_to_keep=config.keep_checkpoints,
+                                         checkpoint_name="ckpt")
+    # Every worker resumes from the chief's checkpoints (model_dir must be on a shared disk).
+    latest = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
+    if latest:
+        ckpt.restore(latest).assert_existing_objects_matched()
+    step = int(optimizer.iterations.numpy())
+    log = log or RunLog(model_dir, chief)
+
+    dist_ds = strategy.experimental_distribute_dataset(dataset_fn(step))
+    iterator = iter(dist_ds)
+
+    @tf.function
+    def train_step(it):
+        per_replica = strategy.run(replica_step, args=(next(it),))
+        return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
+                for k, v in per_replica.items()}
+
+    bar = None
+    if config.progress_bar and chief:
+        from tqdm import tqdm
+        bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True)
+    metrics, status = {}, "done"
+    last_saved = step if latest else None
+    try:
+        with _SigtermFlag() as sigterm:
+            while step < total_steps:
+                metrics = {k: float(v) for k, v in train_step(iterator).items()}
+                step += 1
+                if not math.isfinite(metrics["loss"]):
+                    where = tf.train.latest_checkpoint(str(model_dir / "checkpoints")) or \
+                        "none saved yet"
+                    raise NonFiniteLossError(
+                        f"loss is {metrics['loss']} at step {step}: training stopped without "
+                        f"saving. The last good checkpoint is kept ({where}). Lower learning_rate "
+                        f"(now {config.learning_rate}) or raise warmup_epochs, or try "
+                        f"mixed_precision=float32, then run again in the same model_dir to resume.")
+                metrics["lr"] = float(optimizer.learning_rate)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+                if step % config.log_steps == 0 or step == total_steps:
+                    log.write(step, metrics)
+                if step % config.checkpoint_steps == 0:
+                    manager.save(checkpoint_number=step)
+                    last_saved = step
+                if eval_fn is not None and eval_steps and step % eval_steps == 0 \
+                        and step < total_steps:
+                    log.write(step, eval_fn(), kind="eval")
+                if sigterm.raised:
+                    status = "preempted"
+                    break
+        if last_saved != step:
+            manager.save(checkpoint_number=step)
+    finally:
+        if bar is not None:
+            bar.close()
+        if not chief:
+            shutil.rmtree(directory.parent, ignore_errors=True)
+    return metrics, status, step
+
+
+def write_json(path: pathlib.Path, values: dict):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(values, indent=2, sort_keys=True))
+    tmp.replace(path)
