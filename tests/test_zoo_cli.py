@@ -95,14 +95,23 @@ def test_download_errors(capsys, tmp_path):
     assert "--stage" in capsys.readouterr().err
 
 
+class _Calls(list):
+    """(saved_model_dir, out_path, architecture) per call; `.extras` the other kwargs."""
+
+    def __init__(self):
+        super().__init__()
+        self.extras = []
+
+
 @pytest.fixture
 def fake_importer(monkeypatch):
-    calls = []
+    calls = _Calls()
     module = types.ModuleType("simclrv2.zoo.importer")
 
-    def convert_saved_model(saved_model_dir, out_path, architecture=None):
+    def convert_saved_model(saved_model_dir, out_path, architecture=None, **extra):
         calls.append((str(saved_model_dir), str(out_path), architecture))
-        return out_path
+        calls.extras.append(extra)
+        return object()  # the real one returns the Keras model
 
     module.convert_saved_model = convert_saved_model
     monkeypatch.setitem(sys.modules, "simclrv2.zoo.importer", module)
@@ -124,8 +133,11 @@ def test_convert_passes_arguments(capsys, tmp_path, fake_importer):
     assert code == 0, err
     assert fake_importer == [(str(sm), str(out_file), "r50_1x_sk1")]
     assert out.strip() == str(out_file)
-    code, _, _ = _run(cli.convert_main, ["--saved-model", str(sm), "--out", str(out_file)], capsys)
+    assert fake_importer.extras == [{}]  # nothing beyond the minimal contract unless asked
+    code, _, _ = _run(cli.convert_main, ["--saved-model", str(sm), "--out", str(out_file),
+                                         "--input-size", "160"], capsys)
     assert code == 0 and fake_importer[-1][2] is None
+    assert fake_importer.extras[-1] == {"input_shape": (160, 160, 3)}
 
 
 def test_convert_from_released_checkpoint(capsys, tmp_path, fake_importer):
@@ -136,6 +148,8 @@ def test_convert_from_released_checkpoint(capsys, tmp_path, fake_importer):
     assert code == 0, err
     sm, _, arch = fake_importer[0]
     assert arch == NAME  # taken from the registry
+    prov = fake_importer.extras[0]["provenance"]
+    assert prov["stage"] == STAGE and prov["url"] == get_checkpoint(NAME, STAGE).url
     _assert_same_files(dl.pathlib.Path(sm))
 
 
@@ -164,6 +178,8 @@ def test_convert_user_errors_are_one_line(capsys, tmp_path, fake_importer):
          "is not of the form"),
         (["--checkpoint", "nope", "--stage", "pretrained", "--out", str(tmp_path / "m.keras")],
          "unknown checkpoint name 'nope'"),
+        (["--saved-model", str(sm), "--out", str(tmp_path / "m.keras"), "--input-size", "0"],
+         "--input-size must be a positive"),
     ]
     for argv, message in cases:
         code, out, err = _run(cli.convert_main, argv, capsys)

@@ -140,6 +140,9 @@ def _convert_parser() -> argparse.ArgumentParser:
     parser.add_argument("--arch", metavar="NAME",
                         help="architecture such as r50_1x_sk1; default: read from the "
                              "SavedModel (or from the registry with --checkpoint)")
+    parser.add_argument("--input-size", type=int, metavar="PX",
+                        help="square input side of the Keras model (default: 224, or 32 for "
+                             "a CIFAR-stem model)")
     parser.add_argument("--cache-dir", help="cache root for --checkpoint downloads")
     parser.add_argument("--base-url", help="HTTP(S) root for --checkpoint downloads")
     return parser
@@ -162,12 +165,22 @@ def convert_main(argv=None) -> int:
         if args.arch is not None and not _ARCH_RE.match(args.arch):
             raise _UserError(f"--arch {args.arch!r} is not of the form r{{depth}}_{{width}}x_sk{{0|1}}, "
                              "e.g. r50_1x_sk1")
+        if args.input_size is not None and args.input_size < 1:
+            raise _UserError(f"--input-size must be a positive number of pixels, got {args.input_size}")
         architecture = args.arch
+        # Optional importer arguments are passed only when set, so the call stays within
+        # the minimal convert_saved_model(saved_model_dir, out_path, architecture) contract.
+        extra = {}
+        if args.input_size is not None:
+            extra["input_shape"] = (args.input_size, args.input_size, 3)
         if args.checkpoint is not None:
             entry = ck.get_checkpoint(args.checkpoint, args.stage)
             architecture = architecture or entry.architecture
             saved_model = dl.download_checkpoint(entry.name, entry.stage, cache_dir=args.cache_dir,
                                                  base_url=args.base_url)
+            extra["provenance"] = {"checkpoint": entry.name, "stage": entry.stage,
+                                   "url": entry.url, "gs_url": entry.gs_url,
+                                   "paper_top1": entry.top1}
         else:
             saved_model = pathlib.Path(args.saved_model)
             if not (saved_model / "saved_model.pb").is_file():
@@ -182,9 +195,9 @@ def convert_main(argv=None) -> int:
                 raise
             raise _UserError("this build of simclrv2 has no importer (simclrv2.zoo.importer "
                              "is missing); update the package") from e
-        result = convert_saved_model(saved_model, out, architecture=architecture)
+        convert_saved_model(saved_model, out, architecture=architecture, **extra)
     except (_UserError, ValueError, OSError) as e:
         print(f"simclrv2 convert: error: {e}", file=sys.stderr)
         return 2
-    print(result if result is not None else out)
+    print(out)
     return 0
