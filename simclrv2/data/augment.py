@@ -1,0 +1,384 @@
+"""SimCLR v2 augmentations, stateless and vectorised.
+
+Every random number an element uses comes from one `tf.random.stateless_uniform` call keyed by
+`(seed, global element position)` (`draw_params`). Nothing depends on the batch an element lands
+in, on how many threads ran, or on where the pipeline started, which is what lets a killed run
+resume at batch k and see the very same images.
+
+The transforms themselves run on whole batches with per-example parameters (`crop_resize_batch`,
+`color_batch`), because a per-image `map` spends most of its time in op dispatch rather than
+arithmetic at these sizes.
+
+Differences from the official `data_util.py` (chosen, documented in docs/data.md):
+- crops are resized bilinearly by `tf.image.crop_and_resize` (upstream: bicubic `tf.image.resize`);
+- the crop box is drawn like torchvision's RandomResizedCrop (area uniform, log-uniform aspect,
+  `crop_attempts` tries, then a centre crop), not by `sample_distorted_bounding_box`;
+- the blur draws one sigma per image (upstream: one sigma per batch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from typing import Optional, Tuple
+
+import tensorflow as tf
+
+# Luma weights of tf.image.rgb_to_grayscale (ITU-R BT.601).
+_GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
+# Colour-jitter ops, in the order upstream lists them (also the fixed order when not random).
+_JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
+_ORDERS = tuple(itertools.permutations(range(4)))  # 24 orders; group 24 = "no jitter"
+CROP_PROPORTION = 0.875  # eval centre crop, the ImageNet standard upstream uses
+SMALL_IMAGE = 32  # images this small get CIFAR defaults (strength 0.5, no blur, no eval crop)
+
+
+def _check_prob(name: str, value: float) -> None:
+    if not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"AugmentConfig.{name}={value!r} is not a probability; use a value in [0, 1]")
+
+
+def _check_range(name: str, value, low: float, high: float, low_open: bool = False) -> None:
+    if len(value) != 2 or value[0] > value[1]:
+        raise ValueError(f"AugmentConfig.{name}={value!r} must be a (min, max) pair with min <= max")
+    too_low = value[0] <= low if low_open else value[0] < low
+    if too_low or value[1] > high:
+        bracket = "(" if low_open else "["
+        raise ValueError(f"AugmentConfig.{name}={value!r} must lie in {bracket}{low}, {high}]")
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Every probability and range of the SimCLR augmentations.
+
+    `None` fields are filled by `resolve(image_size)`: strength 1.0 above 32 px and 0.5 at 32 px
+    or less, jitter magnitudes 0.8s/0.8s/0.8s/0.2s, blur p=0.5 above 32 px and 0 otherwise.
+    """
+
+    crop: bool = True
+    area_range: Tuple[float, float] = (0.08, 1.0)
+    aspect_range: Tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
+    crop_attempts: int = 10
+    flip_prob: float = 0.5
+    jitter_prob: float = 0.8
+    strength: Optional[float] = None
+    brightness: Optional[float] = None
+    contrast: Optional[float] = None
+    saturation: Optional[float] = None
+    hue: Optional[float] = None
+    random_order: bool = True
+    grayscale_prob: float = 0.2
+    blur_prob: Optional[float] = None
+    blur_sigma: Tuple[float, float] = (0.1, 2.0)
+    blur_kernel_fraction: float = 0.1
+
+    @classmethod
+    def pretrain(cls, **overrides) -> "AugmentConfig":
+        return cls(**overrides)
+
+    @classmethod
+    def finetune(cls, **overrides) -> "AugmentConfig":
+        """Random resized crop and flip only, as upstream fine-tunes (colour strength 0)."""
+        values = dict(jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0)
+        values.update(overrides)
+        return cls(**values)
+
+    def resolve(self, image_size: int) -> "AugmentConfig":
+        """Fills the size-dependent defaults and checks every field."""
+        small = image_size <= SMALL_IMAGE
+        s = self.strength if self.strength is not None else (0.5 if small else 1.0)
+        out = dataclasses.replace(
+            self,
+            strength=float(s),
+            brightness=float(0.8 * s if self.brightness is None else self.brightness),
+            contrast=float(0.8 * s if self.contrast is None else self.contrast),
+            saturation=float(0.8 * s if self.saturation is None else self.saturation),
+            hue=float(0.2 * s if self.hue is None else self.hue),
+            blur_prob=float((0.0 if small else 0.5) if self.blur_prob is None else self.blur_prob),
+            area_range=tuple(float(v) for v in self.area_range),
+            aspect_range=tuple(float(v) for v in self.aspect_range),
+            blur_sigma=tuple(float(v) for v in self.blur_sigma),
+        )
+        out._validate()
+        return out
+
+    def _validate(self) -> None:
+        for name in ("flip_prob", "jitter_prob", "grayscale_prob", "blur_prob"):
+            _check_prob(name, getattr(self, name))
+        _check_range("area_range", self.area_range, 0.0, 1.0, low_open=True)
+        _check_range("aspect_range", self.aspect_range, 0.0, math.inf, low_open=True)
+        _check_range("blur_sigma", self.blur_sigma, 0.0, math.inf, low_open=True)
+        if self.crop_attempts < 1:
+            raise ValueError(f"AugmentConfig.crop_attempts={self.crop_attempts} must be >= 1")
+        for name in ("strength", "brightness", "contrast", "saturation"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"AugmentConfig.{name}={getattr(self, name)} must be >= 0")
+        if not 0.0 <= self.hue <= 0.5:
+            raise ValueError(f"AugmentConfig.hue={self.hue} is a hue shift fraction; use [0, 0.5]")
+        if not 0.0 <= self.blur_kernel_fraction <= 1.0:
+            raise ValueError("AugmentConfig.blur_kernel_fraction must be in [0, 1] (upstream: 0.1)")
+
+    @property
+    def uses_color(self) -> bool:
+        return self.jitter_prob > 0 or self.grayscale_prob > 0 or self.blur_prob > 0
+
+
+# ------------------------------------------------------------------------------------------------
+# Random parameters: one stateless draw per (seed, element position, view).
+
+def _num_draws(cfg: AugmentConfig) -> int:
+    # crop: 2 per attempt + 2 offsets; flip 1; jitter apply 1, order 4, factors 4; gray 1;
+    # blur apply 1, sigma 1
+    return 2 * cfg.crop_attempts + 16
+
+
+def element_key(seed, position) -> tf.Tensor:
+    """The stateless seed of one element: (seed, global position in the stream)."""
+    return tf.stack([tf.cast(seed, tf.int64), tf.cast(position, tf.int64)])
+
+
+def draw_params(key: tf.Tensor, cfg: AugmentConfig, num_views: int) -> dict:
+    """All random numbers of `num_views` views of one element, as a dict of [num_views, ...]."""
+    a = cfg.crop_attempts
+    u = tf.random.stateless_uniform([num_views, _num_draws(cfg)], seed=key, dtype=tf.float32)
+    lo_area, hi_area = cfg.area_range
+    lo_ar, hi_ar = math.log(cfg.aspect_range[0]), math.log(cfg.aspect_range[1])
+
+    def span(x, lo, hi):
+        return lo + (hi - lo) * x
+
+    return {
+        "area": span(u[:, 0:a], lo_area, hi_area),
+        "log_aspect": span(u[:, a:2 * a], lo_ar, hi_ar),
+        "flip": u[:, 2 * a] < cfg.flip_prob,
+        "jitter": u[:, 2 * a + 1] < cfg.jitter_prob,
+        "order_keys": u[:, 2 * a + 2:2 * a + 6],
+        "brightness": span(u[:, 2 * a + 6], max(0.0, 1.0 - cfg.brightness), 1.0 + cfg.brightness),
+        "contrast": span(u[:, 2 * a + 7], 1.0 - cfg.contrast, 1.0 + cfg.contrast),
+        "saturation": span(u[:, 2 * a + 8], 1.0 - cfg.saturation, 1.0 + cfg.saturation),
+        "hue": span(u[:, 2 * a + 9], -cfg.hue, cfg.hue),
+        "gray": u[:, 2 * a + 10] < cfg.grayscale_prob,
+        "blur": u[:, 2 * a + 11] < cfg.blur_prob,
+        "sigma": span(u[:, 2 * a + 12], cfg.blur_sigma[0], cfg.blur_sigma[1]),
+        "offset": u[:, 2 * a + 13:2 * a + 15],
+    }
+
+
+def crop_windows(params: dict, height, width, cfg: AugmentConfig) -> tf.Tensor:
+    """Integer crop windows [..., 4] = (y, x, h, w) from the drawn areas and aspects.
+
+    The first attempt whose box fits the image wins; when none fits, a centre crop with the
+    aspect ratio clamped into `aspect_range` (the whole image for square images).
+    """
+    h_img = tf.cast(height, tf.float32)
+    w_img = tf.cast(width, tf.float32)
+    target = params["area"] * h_img * w_img
+    ratio = tf.exp(params["log_aspect"])  # width / height
+    w = tf.round(tf.sqrt(target * ratio))
+    h = tf.round(tf.sqrt(target / ratio))
+    fits = (w >= 1) & (h >= 1) & (w <= w_img) & (h <= h_img)
+    first = tf.argmax(tf.cast(fits, tf.int32), axis=-1)  # 0 when none fits; masked below
+    any_fit = tf.reduce_any(fits, axis=-1)
+    w = tf.gather(w, first, batch_dims=len(w.shape) - 1)
+    h = tf.gather(h, first, batch_dims=len(h.shape) - 1)
+
+    in_ratio = w_img / h_img
+    lo, hi = cfg.aspect_range
+    fallback_w = tf.where(in_ratio < lo, w_img, tf.where(in_ratio > hi, tf.round(h_img * hi), w_img))
+    fallback_h = tf.where(in_ratio < lo, tf.round(w_img / lo), h_img)
+    if not cfg.crop:
+        any_fit = tf.zeros_like(any_fit)
+        fallback_w, fallback_h = w_img, h_img
+    w = tf.where(any_fit, w, fallback_w + tf.zeros_like(w))
+    h = tf.where(any_fit, h, fallback_h + tf.zeros_like(h))
+    uy, ux = params["offset"][..., 0], params["offset"][..., 1]
+    random_offset = any_fit
+    y = tf.where(random_offset, tf.floor(uy * (h_img - h + 1)), tf.floor((h_img - h) / 2))
+    x = tf.where(random_offset, tf.floor(ux * (w_img - w + 1)), tf.floor((w_img - w) / 2))
+    y = tf.clip_by_value(y, 0, h_img - h)
+    x = tf.clip_by_value(x, 0, w_img - w)
+    return tf.cast(tf.stack([y, x, h, w], axis=-1), tf.int32)
+
+
+# ------------------------------------------------------------------------------------------------
+# Batched transforms with per-example parameters.
+
+def _normalized_boxes(windows: tf.Tensor, height, width, flip: tf.Tensor) -> tf.Tensor:
+    """(y, x, h, w) integer windows -> crop_and_resize boxes; a flip swaps x1 and x2, which makes
+    crop_and_resize sample the crop mirrored, so the flip costs nothing."""
+    win = tf.cast(windows, tf.float32)
+    hm1 = tf.maximum(tf.cast(height, tf.float32) - 1.0, 1.0)
+    wm1 = tf.maximum(tf.cast(width, tf.float32) - 1.0, 1.0)
+    y1 = win[..., 0] / hm1
+    x1 = win[..., 1] / wm1
+    y2 = (win[..., 0] + win[..., 2] - 1.0) / hm1
+    x2 = (win[..., 1] + win[..., 3] - 1.0) / wm1
+    left = tf.where(flip, x2, x1)
+    right = tf.where(flip, x1, x2)
+    return tf.stack([y1, left, y2, right], axis=-1)
+
+
+def crop_resize_batch(images: tf.Tensor, windows: tf.Tensor, box_indices: tf.Tensor,
+                      flip: tf.Tensor, size: int) -> tf.Tensor:
+    """Crops `windows` [M, 4] out of `images[box_indices]` ([N, H, W, C], any dtype), optionally
+    mirrored, resized bilinearly to `size`; float32 in [0, 1] when the images are uint8."""
+    shape = tf.shape(images)
+    boxes = _normalized_boxes(windows, shape[1], shape[2], flip)
+    out = tf.image.crop_and_resize(tf.cast(images, tf.float32) if images.dtype != tf.uint8 else images,
+                                   boxes, tf.cast(box_indices, tf.int32), [size, size])
+    if images.dtype == tf.uint8:
+        out = out * (1.0 / 255.0)
+    return out
+
+
+def _per_example(v: tf.Tensor) -> tf.Tensor:
+    return tf.reshape(v, [-1, 1, 1, 1])
+
+
+def adjust_brightness(x, factor):
+    """SimCLR v2's multiplicative brightness (v1 was additive)."""
+    return x * _per_example(factor)
+
+
+def adjust_contrast(x, factor):
+    mean = tf.reduce_mean(x, axis=[1, 2], keepdims=True)  # per image and channel, as tf.image
+    return (x - mean) * _per_example(factor) + mean
+
+
+def adjust_saturation(x, factor):
+    """The HSV saturation scaling of tf.image.adjust_saturation, computed in RGB.
+
+    Scaling S by f (clipped to 1) keeps V and H, and each channel's distance to V is
+    proportional to S, so channel' = V - (V - channel) * min(f, V / (V - min)).
+    """
+    v = tf.reduce_max(x, axis=-1, keepdims=True)
+    m = tf.reduce_min(x, axis=-1, keepdims=True)
+    chroma = v - m
+    f = _per_example(factor)
+    scale = tf.where(chroma > 0, tf.minimum(f, v / tf.maximum(chroma, 1e-12)), f)
+    return v - (v - x) * scale
+
+
+def adjust_hue(x, delta):
+    hsv = tf.image.rgb_to_hsv(x)
+    h = tf.math.floormod(hsv[..., 0:1] + _per_example(delta), 1.0)
+    return tf.image.hsv_to_rgb(tf.concat([h, hsv[..., 1:]], axis=-1))
+
+
+_ADJUST = {"brightness": adjust_brightness, "contrast": adjust_contrast,
+           "saturation": adjust_saturation, "hue": adjust_hue}
+
+# order keys -> index into _ORDERS, via a code of base-4 digits
+_ORDER_TABLE = [0] * 256
+for _i, _order in enumerate(_ORDERS):
+    _ORDER_TABLE[sum(o * 4 ** k for k, o in enumerate(_order))] = _i
+
+
+def jitter_groups(params: dict, cfg: AugmentConfig) -> tf.Tensor:
+    """Group id per example: the index of its op order in `_ORDERS`, or 24 for no jitter."""
+    jitter = params["jitter"]
+    if cfg.random_order:
+        order = tf.argsort(params["order_keys"], axis=-1)
+        code = tf.reduce_sum(order * tf.constant([1, 4, 16, 64], tf.int32), axis=-1)
+        group = tf.gather(tf.constant(_ORDER_TABLE, tf.int32), code)
+    else:
+        group = tf.zeros_like(tf.cast(jitter, tf.int32))
+    return tf.where(jitter, group, len(_ORDERS))
+
+
+def color_jitter_batch(x: tf.Tensor, params: dict, cfg: AugmentConfig) -> tf.Tensor:
+    """Colour jitter with each example's own factors and op order, clipping after every op.
+
+    Examples are partitioned by their order (24 orders + "untouched"), each part runs its four
+    ops vectorised, and the parts are stitched back: the same arithmetic as per-image jitter,
+    once per example, without running all four ops at every one of the four steps.
+    """
+    groups = jitter_groups(params, cfg)
+    n = len(_ORDERS) + 1
+    index_parts = tf.dynamic_partition(tf.range(tf.shape(x)[0]), groups, n)
+    x_parts = tf.dynamic_partition(x, groups, n)
+    factor_parts = {op: tf.dynamic_partition(params[op], groups, n) for op in _JITTER_OPS}
+    active = [op for op in _JITTER_OPS if getattr(cfg, op) > 0]
+    out = []
+    for g in range(n):
+        part = x_parts[g]
+        if g < len(_ORDERS):
+            for k in _ORDERS[g]:
+                op = _JITTER_OPS[k]
+                if op in active:
+                    part = tf.clip_by_value(_ADJUST[op](part, factor_parts[op][g]), 0.0, 1.0)
+        out.append(part)
+    return tf.dynamic_stitch(index_parts, out)
+
+
+def to_grayscale_batch(x: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    gray = tf.reduce_sum(x * tf.constant(_GRAY_WEIGHTS, tf.float32), axis=-1, keepdims=True)
+    return tf.where(_per_example(mask), tf.broadcast_to(gray, tf.shape(x)), x)
+
+
+def blur_radius(size: int, cfg: AugmentConfig) -> int:
+    """Upstream's kernel: side // 10 taps, made odd by using radius = taps // 2."""
+    return int(size * cfg.blur_kernel_fraction) // 2
+
+
+def _band_kernels(sigma: tf.Tensor, size: int, radius: int) -> tf.Tensor:
+    """[n, size, size] symmetric banded matrices: row i holds the normalised Gaussian taps
+    centred on i, cut off at the border (which is what zero 'SAME' padding does)."""
+    taps = tf.cast(tf.range(-radius, radius + 1), tf.float32)
+    two_var = 2.0 * tf.square(sigma)
+    norm = tf.reduce_sum(tf.exp(-tf.square(taps)[None, :] / two_var[:, None]), axis=1)
+    offset = tf.cast(tf.range(size)[None, :] - tf.range(size)[:, None], tf.float32)
+    inside = tf.cast(tf.abs(offset) <= radius, tf.float32)
+    band = tf.exp(-tf.square(offset)[None] / two_var[:, None, None]) * inside[None]
+    return band / norm[:, None, None]
+
+
+def gaussian_blur_batch(x: tf.Tensor, sigma: tf.Tensor, radius: int) -> tf.Tensor:
+    """Separable Gaussian blur, `2 * radius + 1` taps, one sigma per image, zero padding.
+
+    Written as two batched matrix products with banded matrices: on CPU this ran faster than
+    `depthwise_conv2d` (per-image kernels laid along channels: 0.78 s; upstream's shared-kernel
+    depthwise over 3 channels: 2.8 s; this: 0.62 s for 64 images at 224 px on 2 cores).
+    """
+    b = tf.shape(x)[0]
+    h, w, c = x.shape[1], x.shape[2], x.shape[3]
+    if h != w:
+        raise ValueError(f"gaussian_blur_batch expects square images, got {h}x{w}")
+    band = _band_kernels(sigma, h, radius)
+    y = tf.matmul(band, tf.reshape(x, [b, h, w * c]))  # along the height
+    y = tf.transpose(tf.reshape(y, [b, h, w, c]), [0, 1, 3, 2])
+    y = tf.matmul(tf.reshape(y, [b, h * c, w]), band)  # along the width (band is symmetric)
+    return tf.transpose(tf.reshape(y, [b, h, c, w]), [0, 1, 3, 2])
+
+
+def color_batch(x: tf.Tensor, params: dict, cfg: AugmentConfig) -> tf.Tensor:
+    """Jitter (p=jitter_prob), grayscale (p=grayscale_prob), blur (p=blur_prob), clip to [0, 1].
+
+    `params` hold one entry per example (flattened over views). Stages whose probability is 0
+    are left out of the graph.
+    """
+    if cfg.jitter_prob > 0 and any(getattr(cfg, op) > 0 for op in _JITTER_OPS):
+        x = color_jitter_batch(x, params, cfg)
+    if cfg.grayscale_prob > 0:
+        x = to_grayscale_batch(x, params["gray"])
+    radius = blur_radius(int(x.shape[1]), cfg) if x.shape[1] is not None else 0
+    if cfg.blur_prob > 0 and radius > 0:
+        # Only the chosen images are blurred: half the convolution work at p=0.5.
+        sel = tf.cast(params["blur"], tf.int32)
+        idx = tf.dynamic_partition(tf.range(tf.shape(x)[0]), sel, 2)
+        parts = tf.dynamic_partition(x, sel, 2)
+        sigma = tf.dynamic_partition(params["sigma"], sel, 2)[1]
+        blurred = gaussian_blur_batch(parts[1], sigma, radius)
+        x = tf.dynamic_stitch(idx, [parts[0], blurred])
+    return tf.clip_by_value(x, 0.0, 1.0)
+
+
+def center_crop_window(height, width, size: int, crop_proportion: float) -> tf.Tensor:
+    """Upstream's eval crop: `crop_proportion` of the shorter side, centred, square output."""
+    h = tf.cast(height, tf.float32)
+    w = tf.cast(width, tf.float32)
+    side = tf.round(crop_proportion * tf.minimum(h, w))
+    y = tf.floor((h - side + 1) / 2)
+    x = tf.floor((w - side + 1) / 2)
+    return tf.cast(tf.stack([y, x, side, side]), tf.int32)

@@ -1,0 +1,235 @@
+"""tf.data pipelines for the three stages: two-view pretraining, fine-tuning, evaluation.
+
+Order and randomness are both functions of (seed, position in the stream), never of state, so
+`start_batch=k` yields exactly the batches k, k+1, ... of a run that started at 0:
+- epoch e visits the examples in the order argsort(stateless_uniform([N], seed=(seed, -1 - e)));
+- the element at stream position p is augmented with draws keyed by (seed, p) (see augment.py);
+- batches are cut from the endless stream of epochs, so batch k holds positions [kB, (k+1)B).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import tensorflow as tf
+
+from simclrv2.data import augment as aug
+from simclrv2.data.sources import Source, decode_image
+
+_FOREVER = 2 ** 62
+STREAM_SHUFFLE_BUFFER = 10_000
+
+
+def _check_common(source: Source, batch_size: int, start_batch: int = 0) -> None:
+    if not isinstance(source, Source):
+        raise ValueError(f"expected a Source from load_labeled/load_unlabeled, got {type(source).__name__}")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if int(start_batch) < 0:
+        raise ValueError(f"start_batch must be >= 0, got {start_batch}")
+    if source.num_examples < 1:
+        raise ValueError(f"{source.name}:{source.split} has no examples")
+
+
+def _image_size(source: Source, image_size: Optional[int]) -> int:
+    size = image_size or source.image_size or 224
+    if int(size) < 2:
+        raise ValueError(f"image_size must be >= 2 pixels, got {size}")
+    return int(size)
+
+
+def _index_stream(source: Source, batch_size: int, seed: int, start_batch: int,
+                  shuffle: bool) -> tf.data.Dataset:
+    """(position, example index) for every element from batch `start_batch` on, forever."""
+    n = source.num_examples
+    start = int(start_batch) * int(batch_size)
+    first_epoch, offset = divmod(start, n)
+
+    def epoch(e):
+        if shuffle:
+            keys = tf.random.stateless_uniform([n], seed=tf.stack([tf.constant(seed, tf.int64), -1 - e]))
+            order = tf.argsort(keys, stable=True)
+        else:
+            order = tf.range(n)
+        begin = tf.where(e == first_epoch, tf.constant(offset, tf.int64), tf.constant(0, tf.int64))
+        positions = e * n + tf.range(begin, n, dtype=tf.int64)
+        return tf.data.Dataset.from_tensor_slices((positions, tf.cast(order[begin:], tf.int64)))
+
+    return tf.data.Dataset.range(first_epoch, _FOREVER).flat_map(epoch)
+
+
+def _stream_epochs(source: Source, batch_size: int, seed: int, start_batch: int,
+                   shuffle: bool) -> tf.data.Dataset:
+    """(position, encoded image, label) for a source without random access: each epoch is the
+    file order through a shuffle buffer seeded by (seed, epoch); resuming skips the records
+    of the current epoch that were already used (read, not decoded)."""
+    n = source.num_examples
+    first_epoch, offset = divmod(int(start_batch) * int(batch_size), n)
+
+    def epoch(e):
+        ds = source.stream()
+        if shuffle:
+            ds = ds.shuffle(min(n, STREAM_SHUFFLE_BUFFER), seed=seed * 1_000_003 + e,
+                            reshuffle_each_iteration=False)
+        ds = ds.enumerate().map(lambda i, x: (e * n + i, x[0], x[1]))
+        return ds.skip(tf.where(e == first_epoch, tf.constant(offset, tf.int64), tf.constant(0, tf.int64)))
+
+    return tf.data.Dataset.range(first_epoch, _FOREVER).flat_map(epoch)
+
+
+def _options(ds: tf.data.Dataset) -> tf.data.Dataset:
+    options = tf.data.Options()
+    options.deterministic = True  # parallel maps keep order: part of the resume guarantee
+    return ds.with_options(options)
+
+
+def _flatten_views(params: dict) -> dict:
+    """[B, V, ...] -> [B*V, ...], example-major (view v of example b at b*V + v)."""
+    out = {}
+    for k, v in params.items():
+        shape = tf.shape(v)
+        out[k] = tf.reshape(v, tf.concat([[shape[0] * shape[1]], shape[2:]], axis=0))
+    return out
+
+
+def _augmented(source: Source, batch_size: int, image_size: int, seed: int, start_batch: int,
+               cfg: aug.AugmentConfig, num_views: int, shuffle: bool = True) -> tf.data.Dataset:
+    """Batches of (images [B, V, S, S, 3] float32, labels [B])."""
+    seed = int(seed)
+    size = image_size
+
+    def finish(views, labels):  # views [B*V, S, S, C]
+        if views.shape[-1] == 1:
+            views = tf.image.grayscale_to_rgb(views)
+        return views, labels
+
+    def color(views, params):
+        if cfg.uses_color:
+            return aug.color_batch(views, params, cfg)
+        return tf.clip_by_value(views, 0.0, 1.0)
+
+    if source.kind == "array":
+        images = source.image_tensor()
+        labels_all = tf.constant(source.labels)
+        h, w = source.images.shape[1], source.images.shape[2]
+
+        def per_element(pos, idx):
+            return idx, aug.draw_params(aug.element_key(seed, pos), cfg, num_views)
+
+        def per_batch(idx, params):
+            flat = _flatten_views(params)
+            windows = aug.crop_windows(flat, h, w, cfg)
+            box_indices = tf.repeat(tf.range(tf.shape(idx)[0]), num_views)
+            views = aug.crop_resize_batch(tf.gather(images, idx), windows, box_indices, flat["flip"], size)
+            views, labels = finish(views, tf.gather(labels_all, idx))
+            views = color(views, flat)
+            return tf.reshape(views, [-1, num_views, size, size, 3]), labels
+
+        ds = _index_stream(source, batch_size, seed, start_batch, shuffle)
+        ds = ds.map(per_element, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.batch(batch_size, drop_remainder=True)
+        ds = ds.map(per_batch, num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        def per_element(pos, encoded, label):
+            params = aug.draw_params(aug.element_key(seed, pos), cfg, num_views)
+            image = decode_image(encoded)
+            shape = tf.shape(image)
+            windows = aug.crop_windows(params, shape[0], shape[1], cfg)
+            views = aug.crop_resize_batch(image[None], windows, tf.zeros([num_views], tf.int32),
+                                          params["flip"], size)
+            return views, params, label
+
+        def per_batch(views, params, labels):
+            flat = _flatten_views(params)
+            views = color(tf.reshape(views, [-1, size, size, 3]), flat)
+            return tf.reshape(views, [-1, num_views, size, size, 3]), labels
+
+        if source.kind == "files":
+            paths = tf.constant(source.paths)
+            labels_all = tf.constant(source.labels)
+            ds = _index_stream(source, batch_size, seed, start_batch, shuffle).map(
+                lambda pos, idx: (pos, tf.io.read_file(tf.gather(paths, idx)), tf.gather(labels_all, idx)))
+        else:
+            ds = _stream_epochs(source, batch_size, seed, start_batch, shuffle)
+        ds = ds.map(per_element, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.batch(batch_size, drop_remainder=True)
+        ds = ds.map(per_batch, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds
+
+
+def pretrain_dataset(source: Source, batch_size: int, image_size: Optional[int] = None, seed: int = 0,
+                     start_batch: int = 0, config: Optional[aug.AugmentConfig] = None) -> tf.data.Dataset:
+    """Endless `((view1, view2), labels)`: float32 [B, S, S, 3] in [0, 1], int64 [B].
+
+    Two independent SimCLR views per image (`AugmentConfig.pretrain()` unless `config`), epochs
+    reshuffled from `seed`, incomplete batches never produced (batches span epoch ends).
+    """
+    _check_common(source, batch_size, start_batch)
+    size = _image_size(source, image_size)
+    cfg = (config or aug.AugmentConfig.pretrain()).resolve(size)
+    ds = _augmented(source, batch_size, size, seed, start_batch, cfg, num_views=2)
+    ds = ds.map(lambda v, y: ((v[:, 0], v[:, 1]), y))
+    return _options(ds.prefetch(tf.data.AUTOTUNE))
+
+
+def finetune_dataset(source: Source, batch_size: int, image_size: Optional[int] = None, seed: int = 0,
+                     start_batch: int = 0, config: Optional[aug.AugmentConfig] = None) -> tf.data.Dataset:
+    """Endless `(images, labels)` with random resized crop and flip only (upstream fine-tuning)."""
+    _check_common(source, batch_size, start_batch)
+    size = _image_size(source, image_size)
+    cfg = (config or aug.AugmentConfig.finetune()).resolve(size)
+    ds = _augmented(source, batch_size, size, seed, start_batch, cfg, num_views=1)
+    ds = ds.map(lambda v, y: (v[:, 0], y))
+    return _options(ds.prefetch(tf.data.AUTOTUNE))
+
+
+def eval_dataset(source: Source, batch_size: int, image_size: Optional[int] = None,
+                 crop_proportion: Optional[float] = None) -> tf.data.Dataset:
+    """One pass in order, the last batch kept: `(images, labels)`.
+
+    Centre crop of `crop_proportion` (default 0.875) of the shorter side and bicubic resize; at
+    32 px or less no crop (upstream), only a resize when the source size differs.
+    """
+    _check_common(source, batch_size)
+    size = _image_size(source, image_size)
+    if crop_proportion is None:
+        crop_proportion = 1.0 if size <= aug.SMALL_IMAGE else aug.CROP_PROPORTION
+    if not 0.0 < crop_proportion <= 1.0:
+        raise ValueError(f"crop_proportion must be in (0, 1], got {crop_proportion}")
+
+    def crop_resize(image):  # one image [H, W, C] uint8 -> [S, S, C] float
+        shape = tf.shape(image)
+        y, x, h, w = tf.unstack(aug.center_crop_window(shape[0], shape[1], size, crop_proportion))
+        image = tf.image.convert_image_dtype(image[y:y + h, x:x + w], tf.float32)
+        return tf.image.resize(image, [size, size], method="bicubic")
+
+    def finish(images, labels):
+        if images.shape[-1] == 1:
+            images = tf.image.grayscale_to_rgb(images)
+        return tf.clip_by_value(images, 0.0, 1.0), labels  # bicubic overshoots
+
+    if source.kind == "array":
+        images_all = source.image_tensor()
+        labels_all = tf.constant(source.labels)
+        h, w = source.images.shape[1], source.images.shape[2]
+        y, x, ch, cw = [int(v) for v in aug.center_crop_window(h, w, size, crop_proportion)]
+        same = (ch, cw) == (size, size)
+
+        def per_batch(idx):
+            batch = tf.gather(images_all, idx)[:, y:y + ch, x:x + cw]
+            batch = tf.image.convert_image_dtype(batch, tf.float32)
+            if not same:
+                batch = tf.image.resize(batch, [size, size], method="bicubic")
+            return finish(batch, tf.gather(labels_all, idx))
+
+        ds = tf.data.Dataset.range(source.num_examples).batch(batch_size)
+        ds = ds.map(per_batch, num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        if source.kind == "files":
+            ds = tf.data.Dataset.from_tensor_slices((source.paths, source.labels))
+            ds = ds.map(lambda p, y: (tf.io.read_file(p), y))
+        else:
+            ds = source.stream()
+        ds = ds.map(lambda b, y: (crop_resize(decode_image(b)), y), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.batch(batch_size).map(finish)
+    return _options(ds.prefetch(tf.data.AUTOTUNE))
