@@ -1,0 +1,115 @@
+"""Saving, configs and backends: the same model everywhere, bit for bit where it must be."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from simclrv2 import zoo
+
+from conftest import REPO_ROOT
+
+
+def randomize_batch_norm(model, seed=0):
+    """Non-trivial BN statistics and gammas, so that inference-mode outputs exercise them."""
+    rng = np.random.default_rng(seed)
+    for variable in model.weights:
+        name = variable.path.rsplit("/", 1)[-1]
+        if name in ("gamma", "moving_mean", "beta"):
+            variable.assign(rng.normal(0.0 if name != "gamma" else 1.0, 0.2, variable.shape)
+                            .astype(np.float32))
+        elif name == "moving_variance":
+            variable.assign(rng.uniform(0.5, 1.5, variable.shape).astype(np.float32))
+
+
+@pytest.fixture(scope="module")
+def small_sk_model():
+    model = zoo.build("r50_0.25x_sk1", input_shape=(64, 64, 3), num_classes=5)
+    randomize_batch_norm(model)
+    return model
+
+
+def numpy_outputs(model, images):
+    return {k: keras.ops.convert_to_numpy(v) for k, v in model(images, training=False).items()}
+
+
+def test_keras_file_round_trip_is_bit_identical(tmp_path, small_sk_model):
+    images = np.random.default_rng(0).random((2, 64, 64, 3), dtype=np.float32)
+    path = tmp_path / "model.keras"
+    small_sk_model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    assert isinstance(loaded, zoo.SimCLRv2Model)
+    assert loaded.simclr_config == small_sk_model.simclr_config
+    before, after = numpy_outputs(small_sk_model, images), numpy_outputs(loaded, images)
+    assert before.keys() == after.keys()
+    for key in before:
+        np.testing.assert_array_equal(before[key], after[key], err_msg=key)
+
+
+def test_get_config_from_config_round_trip(small_sk_model):
+    config = small_sk_model.get_config()
+    json.dumps(config)  # plain JSON, no objects
+    clone = zoo.SimCLRv2Model.from_config(config)
+    assert [v.path for v in clone.weights] == [v.path for v in small_sk_model.weights]
+    clone.set_weights(small_sk_model.get_weights())
+    images = np.random.default_rng(1).random((2, 64, 64, 3), dtype=np.float32)
+    for key, value in numpy_outputs(small_sk_model, images).items():
+        np.testing.assert_array_equal(value, numpy_outputs(clone, images)[key])
+    assert zoo.ModelConfig.from_dict(config["config"]) == small_sk_model.simclr_config
+
+
+JAX_SCRIPT = r"""
+import os, sys, json
+os.environ["KERAS_BACKEND"] = "jax"
+import keras, numpy as np
+assert keras.backend.backend() == "jax"
+from simclrv2 import zoo
+spec = json.loads(sys.argv[1])
+model = zoo.build(spec["name"], input_shape=tuple(spec["shape"]), num_classes=5)
+model.load_weights(spec["weights"])
+images = np.load(spec["images"])
+out = model(images, training=False)
+np.savez(spec["out"], **{k: np.asarray(v) for k, v in out.items()})
+"""
+
+
+@pytest.mark.parametrize("name,shape", [("r50_0.25x_sk1", (64, 64, 3)), ("r18_0.25x_sk0", (32, 32, 3))])
+def test_same_outputs_under_tensorflow_and_jax(tmp_path, name, shape):
+    pytest.importorskip("jax")
+    model = zoo.build(name, input_shape=shape, num_classes=5)
+    randomize_batch_norm(model, seed=4)
+    images = np.random.default_rng(5).random((2,) + shape, dtype=np.float32)
+    model.save_weights(tmp_path / "w.weights.h5")
+    np.save(tmp_path / "images.npy", images)
+    spec = {"name": name, "shape": shape, "weights": str(tmp_path / "w.weights.h5"),
+            "images": str(tmp_path / "images.npy"), "out": str(tmp_path / "out.npz")}
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    subprocess.run([sys.executable, "-c", JAX_SCRIPT, json.dumps(spec)], check=True, env=env,
+                   cwd=REPO_ROOT, timeout=300)
+    jax_out = np.load(tmp_path / "out.npz")
+    tf_out = numpy_outputs(model, images)
+    assert set(jax_out.files) == set(tf_out)
+    for key, value in tf_out.items():
+        scale = max(1.0, float(np.abs(value).max()))
+        np.testing.assert_allclose(jax_out[key], value, atol=1e-5 * scale, rtol=1e-5, err_msg=key)
+
+
+def test_features_model_fits(tmp_path):
+    model = zoo.build("r18_0.125x_sk0", input_shape=(32, 32, 3))
+    features = zoo.features_model(model)
+    assert features.output.shape[-1] == model.simclr_config.feature_dim == 64
+    classifier = keras.Sequential([features, keras.layers.Dense(3)])
+    classifier.compile(optimizer="sgd",
+                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(6)
+    x, y = rng.random((8, 32, 32, 3), dtype=np.float32), rng.integers(0, 3, 8)
+    before = keras.ops.convert_to_numpy(model.get_layer("stem").weights[0]).copy()
+    history = classifier.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    assert not np.array_equal(before, keras.ops.convert_to_numpy(model.get_layer("stem").weights[0]))
+    with pytest.raises(ValueError, match="supervised head"):
+        zoo.classifier_model(model)
