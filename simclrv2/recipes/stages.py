@@ -1,8 +1,8 @@
 """The four stages as Python functions: pretrain, finetune, linear_eval, distill.
 
 Each takes a validated config (see config.py) and returns a dict with the run's metrics (test
-top-1 where there is one), wall time and output paths; the same dict is written to
-model_dir/result.json.
+top-1 where there is one), wall time and output paths, written to model_dir/result.json too; the
+returned dict also holds the trained Keras model under "model".
 """
 
 from __future__ import annotations
@@ -126,6 +126,8 @@ def _finish(model_dir, stage, result, model, chief, started):
     result["checkpoint"] = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
     if chief:
         engine.write_json(model_dir / "result.json", result)
+    # In-process callers get the trained network too (not written to result.json).
+    result["model"] = model
     return result
 
 

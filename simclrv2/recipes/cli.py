@@ -1,0 +1,82 @@
+"""`simclrv2 pretrain|finetune|lineareval|distill --recipe NAME_OR_FILE [--key=value ...]`."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from simclrv2.recipes import config as config_lib
+
+USAGE = """usage: simclrv2 {stage} [--recipe NAME_OR_FILE] [--key=value ...] [--print-config]
+
+Runs stage `{stage}` with the recipe's settings, each overridable by --key=value.
+Recipes: {recipes}
+Keys: {keys}
+"""
+
+
+def parse_args(stage: str, argv):
+    """(recipe, overrides, print_only) from argv; raises ConfigError on malformed options."""
+    recipe, overrides, print_only = None, {}, False
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg in ("--print-config", "--print_config"):
+            print_only = True
+            continue
+        if not arg.startswith("--"):
+            raise config_lib.ConfigError(f"unexpected argument {arg!r}; options look like "
+                                         f"--key=value")
+        key, sep, value = arg[2:].partition("=")
+        if not sep:
+            if not args:
+                raise config_lib.ConfigError(f"--{key} needs a value (--{key}=VALUE)")
+            value = args.pop(0)
+        key = key.replace("-", "_")
+        if key == "recipe":
+            recipe = value
+        else:
+            overrides[key] = value
+    return recipe, overrides, print_only
+
+
+def _main(stage, argv):
+    if any(a in ("-h", "--help") for a in argv):
+        keys = ", ".join(f.name for f in config_lib.dataclasses.fields(config_lib.STAGES[stage]))
+        print(USAGE.format(stage=stage, recipes=", ".join(config_lib.list_recipes()), keys=keys))
+        return 0
+    try:
+        recipe, overrides, print_only = parse_args(stage, argv)
+        config = config_lib.load(stage, recipe, overrides)
+    except config_lib.ConfigError as error:
+        print(f"simclrv2 {stage}: {error}", file=sys.stderr)
+        return 2
+    if print_only:
+        print(json.dumps(config_lib.to_dict(config), indent=2))
+        return 0
+    from simclrv2.recipes import stages  # TensorFlow: only once there is something to run
+
+    try:
+        result = stages.STAGE_FUNCTIONS[stage](config)
+    except (config_lib.ConfigError, stages.engine.NonFiniteLossError) as error:
+        print(f"simclrv2 {stage}: {error}", file=sys.stderr)
+        return 1
+    result.pop("model", None)
+    print(json.dumps(result, indent=2, default=str))
+    return 0 if result.get("status") == "done" else 3
+
+
+def pretrain_main(argv):
+    return _main("pretrain", argv)
+
+
+def finetune_main(argv):
+    return _main("finetune", argv)
+
+
+def lineareval_main(argv):
+    return _main("lineareval", argv)
+
+
+def distill_main(argv):
+    return _main("distill", argv)
