@@ -403,7 +403,7 @@ def build_official_module(depth, width, sk, cifar_stem, num_classes, head="pretr
 
 def write_official_saved_model(path, depth, width, sk, cifar_stem, num_classes,
                                head="pretrained", ft_proj_selector=None,
-                               include_projection_head=True, seed=0):
+                               include_projection_head=True, seed=0, traced=(True, False)):
     """Writes a random-weight SavedModel in the official SimCLRv2 TF2 format to `path`.
 
     head: "pretrained" or "finetuned" (same variables; the default selector differs).
@@ -411,6 +411,8 @@ def write_official_saved_model(path, depth, width, sk, cifar_stem, num_classes,
       i = ReLU output of projection layer i-1); None = 0 for pretrained, 1 for finetuned.
     include_projection_head: whether the endpoints include proj_head_input/proj_head_output
       (some released models omit them; the variables are there either way).
+    traced: the `trainable` values to trace, as upstream does for (True, False); tests that
+      only read variables or run inference trace fewer, which saves most of the write time.
     Returns `path`. Written to a temporary sibling first, then renamed.
     """
     path = os.fspath(path)
@@ -419,8 +421,8 @@ def write_official_saved_model(path, depth, width, sk, cifar_stem, num_classes,
     module = build_official_module(depth, width, sk, cifar_stem, num_classes, head,
                                    ft_proj_selector, include_projection_head, seed)
     spec = tf.TensorSpec([None, None, None, 3], tf.float32)
-    module.__call__.get_concrete_function(spec, trainable=True)
-    module.__call__.get_concrete_function(spec, trainable=False)
+    for trainable in traced:
+        module.__call__.get_concrete_function(spec, trainable=bool(trainable))
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         tf.saved_model.save(module, tmp, signatures={})

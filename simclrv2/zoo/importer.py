@@ -181,19 +181,17 @@ def official_to_keras_paths(config: ModelConfig):
     return pairs
 
 
-def assign_weights(model, arrays, config=None):
-    """Copies official arrays into `model`; ImportMismatchError names the first mismatch."""
-    config = config or model.simclr_config
-    by_path = {v.path: v for v in model.variables}
+def _check_shapes(arrays, config, shapes):
+    """ImportMismatchError naming the first official variable that doesn't fit `config`;
+    shapes: {our variable path: shape}."""
     pairs = official_to_keras_paths(config)
     mapped = set()
     for official, ours in pairs:
-        var = by_path.get(ours)
-        if var is None:
+        if ours not in shapes:
             raise ImportMismatchError(
-                f"internal: {model.name} has no variable {ours} (for {official}); the zoo's "
+                f"internal: {config.name} has no variable {ours} (for {official}); the zoo's "
                 "variable paths changed, see docs/CONTRACTS.md")
-        expected = tuple(var.shape)
+        expected = tuple(shapes[ours])
         if official not in arrays:
             raise ImportMismatchError(
                 f"first mismatching variable: {official} is missing from the SavedModel "
@@ -212,6 +210,14 @@ def assign_weights(model, arrays, config=None):
             f"first mismatching variable: {extra[0]} (shape {tuple(arrays[extra[0]].shape)}) has "
             f"no place in {config.name} ({len(extra)} unmapped in all); the SavedModel is "
             "another architecture or has layers the zoo lacks")
+    return pairs
+
+
+def assign_weights(model, arrays, config=None):
+    """Copies official arrays into `model`; ImportMismatchError names the first mismatch."""
+    config = config or model.simclr_config
+    by_path = {v.path: v for v in model.variables}
+    pairs = _check_shapes(arrays, config, {p: tuple(v.shape) for p, v in by_path.items()})
     for official, ours in pairs:
         by_path[ours].assign(arrays[official].astype(np.float32))
     return pairs
@@ -246,21 +252,40 @@ def _run_original(saved_model_dir, images):
     return {k: np.asarray(v) for k, v in out.items()}
 
 
-def _choose_selector(model, arrays, reference, images):
-    """ft_proj_selector whose logits match the original's, with every candidate's difference."""
-    import keras
+def _projection_hiddens(arrays, features, config):
+    """The projection head's hiddens (index = ft_proj_selector) computed in numpy from the
+    official arrays and the original's final_avg_pool: lets the wiring be chosen before the
+    Keras model is built (the full comparison afterwards checks this arithmetic too)."""
+    hiddens = [np.asarray(features, np.float64)]
+    if not config.include_projection_head:
+        return hiddens
+    for j in range(config.num_proj_layers):
+        base = f"{_PROJ}{j}"
+        x = hiddens[-1] @ arrays[f"{base}/dense/kernel"]
+        bn = f"{base}/bn_relu/bn/"
+        x = (x - arrays[bn + "moving_mean"]) / np.sqrt(arrays[bn + "moving_variance"] + 1e-5)
+        x = x * arrays[bn + "gamma"] + (arrays[bn + "beta"] if bn + "beta" in arrays else 0.0)
+        if j < config.num_proj_layers - 1:
+            x = np.maximum(x, 0.0)
+        hiddens.append(x)
+    return hiddens
 
-    config = model.simclr_config
+
+def choose_selector(arrays, reference, config):
+    """(ft_proj_selector, {selector: relative difference}) whose logits match the original's.
+
+    Nothing in the variables says which hidden feeds the supervised head (for ResNet-50 1x
+    the backbone output and projection layer 0's output are both 2048 wide): every wiring
+    of the right width is tried against the original's logits_sup.
+    """
     if not config.num_classes or "logits_sup" not in reference:
         return config.ft_proj_selector, {}
+    if "final_avg_pool" not in reference:
+        raise official_format.NotAnOfficialSavedModel(
+            "the SavedModel returns logits_sup but no final_avg_pool endpoint")
     kernel, bias = arrays[_SUP + "kernel"], arrays[_SUP + "bias"]
-    outputs = [model.get_layer("final_avg_pool").output]
-    if config.include_projection_head:
-        outputs += list(model.get_layer("proj_head").output)
-    hiddens = _call(keras.Model(model.inputs, outputs), images)
     diffs = {}
-    for selector, h in enumerate(hiddens):
-        h = np.asarray(h)
+    for selector, h in enumerate(_projection_hiddens(arrays, reference["final_avg_pool"], config)):
         if h.shape[-1] == kernel.shape[0]:
             diffs[selector] = _rel_diff(h @ kernel + bias, reference["logits_sup"])
     if not diffs:
@@ -271,8 +296,8 @@ def _choose_selector(model, arrays, reference, images):
         listed = ", ".join(f"ft_proj_selector={s}: {d:.3g}" for s, d in diffs.items())
         raise ImportMismatchError(
             f"logits_sup of the SavedModel matches no supervised-head wiring within {RTOL:g} "
-            f"relative (largest difference {max(diffs.values()):.3g}; {listed}); refusing to "
-            "import")
+            f"relative (largest difference {max(diffs.values()):.3g}, smallest "
+            f"{diffs[best]:.3g}; {listed}); refusing to import")
     return best, diffs
 
 
@@ -297,35 +322,36 @@ def compare_endpoints(model, reference, images):
 # --------------------------------------------------------------------------- entry points
 
 def import_saved_model(saved_model_dir, architecture=None, input_shape=None, verify=True,
-                       probe_images=None):
+                       probe_images=None, ft_proj_selector=None):
     """(model, report): the zoo model holding the SavedModel's weights, verified.
 
     architecture: a zoo name (`r50_1x_sk1`) to insist on; None infers it from the variables.
     input_shape: of the Keras model (default 224x224x3, 32x32x3 for a CIFAR stem).
     verify: run the original on a probe batch and compare every endpoint (needs TensorFlow).
+      It also decides which hidden feeds the supervised head; without it that wiring is
+      `ft_proj_selector` (default: 1 where the widths allow, as in the fine-tuned releases).
     """
     import simclrv2.zoo as zoo
 
     records, arrays = official_format.read_variables(saved_model_dir)
-    inferred = infer_config(arrays, input_shape)
-    config = inferred
+    config = infer_config(arrays, input_shape)
     if architecture is not None:
         wanted = parse_name(architecture)
-        config = inferred.replace(depth=wanted.depth, width=wanted.width, sk=wanted.sk)
+        config = config.replace(depth=wanted.depth, width=wanted.width, sk=wanted.sk)
+    if ft_proj_selector is not None:
+        config = config.replace(ft_proj_selector=int(ft_proj_selector))
+    report = {"architecture": config.name, "verified": False, "num_variables": len(records)}
+    if verify:
+        images = probe_batch(config.input_shape) if probe_images is None else np.asarray(
+            probe_images, np.float32)
+        reference = _run_original(saved_model_dir, images)
+        selector, selector_diffs = choose_selector(arrays, reference, config)
+        config = config.replace(ft_proj_selector=selector)
     model = zoo.build(config)
     assign_weights(model, arrays, config)
-    report = {"architecture": config.name, "config": config.to_dict(), "verified": False,
-              "num_variables": len(records)}
+    report["config"] = config.to_dict()
     if not verify:
         return model, report
-    images = probe_batch(config.input_shape) if probe_images is None else np.asarray(
-        probe_images, np.float32)
-    reference = _run_original(saved_model_dir, images)
-    selector, selector_diffs = _choose_selector(model, arrays, reference, images)
-    if selector != config.ft_proj_selector:
-        config = config.replace(ft_proj_selector=selector)
-        model = zoo.build(config)
-        assign_weights(model, arrays, config)
     diffs = compare_endpoints(model, reference, images)
     worst = max(diffs, key=diffs.get)
     if diffs[worst] > RTOL:
@@ -333,7 +359,7 @@ def import_saved_model(saved_model_dir, architecture=None, input_shape=None, ver
             f"endpoint {worst} differs from the SavedModel's by {diffs[worst]:.3g} (max abs "
             f"difference / max abs value; tolerance {RTOL:g}); all: "
             + ", ".join(f"{k} {v:.3g}" for k, v in sorted(diffs.items())) + "; refusing to import")
-    report.update(architecture=config.name, config=config.to_dict(), verified=True,
+    report.update(verified=True,
                   ft_proj_selector=selector,
                   selector_differences={str(k): v for k, v in selector_diffs.items()},
                   endpoint_differences=diffs, probe_shape=list(images.shape))
