@@ -1,0 +1,121 @@
+"""Training-loop guarantees: exact resume after SIGKILL, NaN stop keeping the last good checkpoint,
+config validation."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from simclrv2.recipes import config as C
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+TINY = dict(dataset="synthetic", image_size=8, model="r18_0.25x_sk0", global_batch_size=8,
+            warmup_epochs=0.0, learning_rate=0.5, knn_bank_size=32, num_eval_examples=32,
+            eval_batch_size=32, progress_bar=False, deterministic=True, temperature=0.2)
+
+RUN = """
+import json, sys
+import tensorflow as tf
+tf.config.threading.set_intra_op_parallelism_threads(1)
+tf.config.threading.set_inter_op_parallelism_threads(1)
+from simclrv2.recipes import config as C, stages
+values = json.loads(sys.argv[1])
+stages.pretrain(C.from_dict("pretrain", values))
+"""
+
+
+def _start(values):
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.Popen([sys.executable, "-c", RUN, json.dumps(values)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _checkpoint_values(model_dir):
+    import tensorflow as tf
+    path = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
+    reader = tf.train.load_checkpoint(path)
+    return path, {name: reader.get_tensor(name) for name, _ in tf.train.list_variables(path)
+                  if "save_counter" not in name and not name.startswith("_CHECKPOINTABLE")}
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
+    steps = dict(TINY, train_steps=8, checkpoint_steps=2, keep_checkpoints=10)
+    straight = _start(dict(steps, model_dir=str(tmp_path / "straight")))
+    killed = _start(dict(steps, model_dir=str(tmp_path / "killed"), checkpoint_steps=3))
+    # Kill the second run once it has saved a checkpoint part-way (step 3 or 6 of 8).
+    index = tmp_path / "killed" / "checkpoints" / "checkpoint"
+    deadline = time.time() + 240
+    while not index.exists() and time.time() < deadline and killed.poll() is None:
+        time.sleep(0.2)
+    assert killed.poll() is None, "the run ended before it could be killed: " + killed.stderr.read()[-2000:]
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    saved = index.read_text()
+    assert "ckpt-8" not in saved, "killed too late to test resuming"
+    resumed = _start(dict(steps, model_dir=str(tmp_path / "killed"), checkpoint_steps=3))
+    for proc in (straight, resumed):
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-4000:]
+    path_a, a = _checkpoint_values(tmp_path / "straight")
+    path_b, b = _checkpoint_values(tmp_path / "killed")
+    assert path_a.endswith("ckpt-8") and path_b.endswith("ckpt-8")
+    assert sorted(a) == sorted(b)
+    assert any("iter" in name for name in a)  # optimizer step saved, hence the schedule position
+    for name in a:
+        np.testing.assert_allclose(b[name], a[name], rtol=1e-6, atol=1e-7, err_msg=name)
+    records = [json.loads(line) for line in (tmp_path / "killed" / "metrics.jsonl").open()]
+    assert records[-1]["kind"] == "eval" and "knn_top1" in records[-1]
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    import tensorflow as tf
+    from simclrv2.recipes import engine, stages
+
+    values = dict(TINY, train_steps=30, checkpoint_steps=1, optimizer="momentum",
+                  learning_rate=1e25, deterministic=False, lineareval_while_pretraining=False,
+                  model_dir=str(tmp_path / "nan"))
+    with pytest.raises(engine.NonFiniteLossError, match=r"loss is (nan|inf).*last good checkpoint"):
+        stages.pretrain(C.from_dict("pretrain", values))
+    latest = tf.train.latest_checkpoint(str(tmp_path / "nan" / "checkpoints"))
+    assert latest is not None
+    reader = tf.train.load_checkpoint(latest)
+    for name, _ in tf.train.list_variables(latest):
+        value = reader.get_tensor(name)
+        if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+            assert np.all(np.isfinite(value)), f"{name} in the kept checkpoint is not finite"
+    assert not (tmp_path / "nan" / "model.keras").exists()
+
+
+def test_recipes_validate_and_errors_name_the_key(tmp_path):
+    for name in C.list_recipes():
+        values = C.read_recipe(name)
+        C.from_dict(values["stage"], values)
+    with pytest.raises(C.ConfigError, match="unknown key 'tempreature'"):
+        C.from_dict("pretrain", {"tempreature": 0.1})
+    with pytest.raises(C.ConfigError, match="global_batch_size must be a int"):
+        C.from_dict("pretrain", {"global_batch_size": "64"})
+    with pytest.raises(C.ConfigError, match="global_bn must be a bool"):
+        C.from_dict("pretrain", {"global_bn": 1})
+    with pytest.raises(C.ConfigError, match="--train_steps='x' is not a int"):
+        C.from_dict("pretrain", {}, {"train_steps": "x"})
+    with pytest.raises(C.ConfigError, match="not `simclrv2 finetune`"):
+        C.from_dict("finetune", C.read_recipe("fmnist_pretrain"))
+    cfg = C.load("pretrain", "fmnist_pretrain", {"train_steps": "7", "global_bn": "false"})
+    assert cfg.train_steps == 7 and cfg.global_bn is False
+    own = tmp_path / "mine.json"
+    own.write_text(json.dumps({"stage": "distill", "teacher": "x", "_source": "mine"}))
+    assert C.load("distill", str(own)).teacher == "x"
+
+
+def test_cli_rejects_unknown_option_without_starting_tensorflow(capsys):
+    from simclrv2.recipes import cli
+    assert cli.pretrain_main(["--recipe", "fmnist_pretrain", "--bogus=1"]) == 2
+    assert "unknown option --bogus" in capsys.readouterr().err
+    assert cli.finetune_main(["--recipe=fmnist_finetune", "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["ft_proj_selector"] == 1
