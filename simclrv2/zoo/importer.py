@@ -349,6 +349,7 @@ def import_saved_model(saved_model_dir, architecture=None, input_shape=None, ver
         config = config.replace(ft_proj_selector=selector)
     model = zoo.build(config)
     assign_weights(model, arrays, config)
+    del arrays  # a second copy of the weights: r152_3x is 3 GB of them
     report["config"] = config.to_dict()
     if not verify:
         return model, report

@@ -133,8 +133,8 @@ def read_variable_records(saved_model_dir):
     paths = _structural_paths(graph)
     records = []
     for full_key in keys:
-        if not full_key.endswith(_VALUE_SUFFIX):
-            continue  # the object graph itself, optimizer slots, ...
+        if not full_key.endswith(_VALUE_SUFFIX) or "/.OPTIMIZER_SLOT/" in full_key:
+            continue  # the object graph itself, optimizer state: not model weights
         key = full_key[:-len(_VALUE_SUFFIX)]
         nid = _resolve(graph, _unescape_key(key))
         if nid is None or graph.nodes[nid].WhichOneof("kind") != "variable":
