@@ -1,35 +1,29 @@
-"""SimCLR v2 augmentations, stateless and vectorised.
+"""SimCLR v2 augmentations with stateless randomness.
 
 Every random number an element uses comes from one `tf.random.stateless_uniform` call keyed by
 `(seed, global element position)` (`draw_params`). Nothing depends on the batch an element lands
-in, on how many threads ran, or on where the pipeline started, which is what lets a killed run
-resume at batch k and see the very same images.
+in, on threads, or on where the pipeline started, which is what lets a killed run resume at
+batch k and see the very same images.
 
-The transforms themselves run on whole batches with per-example parameters (`crop_resize_batch`,
-`color_batch`), because a per-image `map` spends most of its time in op dispatch rather than
-arithmetic at these sizes.
+The ops run per image (see `color_jitter_image` for why batching did not pay on CPU); the two
+views of an image share one `crop_and_resize` call, which also does the flip.
 
-Differences from the official `data_util.py` (chosen, documented in docs/data.md):
+Differences from the official `data_util.py` (documented in docs/data.md):
 - crops are resized bilinearly by `tf.image.crop_and_resize` (upstream: bicubic `tf.image.resize`);
 - the crop box is drawn like torchvision's RandomResizedCrop (area uniform, log-uniform aspect,
   `crop_attempts` tries, then a centre crop), not by `sample_distorted_bounding_box`;
-- the blur draws one sigma per image (upstream: one sigma per batch).
+- the blur is applied in the input pipeline with one sigma per image (upstream: in the training
+  step, one sigma per batch).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 from typing import Optional, Tuple
 
 import tensorflow as tf
 
-# Luma weights of tf.image.rgb_to_grayscale (ITU-R BT.601).
-_GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
-# Colour-jitter ops, in the order upstream lists them (also the fixed order when not random).
-_JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
-_ORDERS = tuple(itertools.permutations(range(4)))  # 24 orders; group 24 = "no jitter"
 CROP_PROPORTION = 0.875  # eval centre crop, the ImageNet standard upstream uses
 SMALL_IMAGE = 32  # images this small get CIFAR defaults (strength 0.5, no blur, no eval crop)
 
@@ -232,89 +226,40 @@ def crop_resize_batch(images: tf.Tensor, windows: tf.Tensor, box_indices: tf.Ten
     return out
 
 
-def _per_example(v: tf.Tensor) -> tf.Tensor:
-    return tf.reshape(v, [-1, 1, 1, 1])
+def color_jitter_image(x: tf.Tensor, p: dict, cfg: AugmentConfig) -> tf.Tensor:
+    """Brightness (multiplicative, as SimCLR v2), contrast, saturation, hue in the view's own
+    random order, clipping after each, with the factors drawn in `draw_params`.
 
-
-def adjust_brightness(x, factor):
-    """SimCLR v2's multiplicative brightness (v1 was additive)."""
-    return x * _per_example(factor)
-
-
-def adjust_contrast(x, factor):
-    mean = tf.reduce_mean(x, axis=[1, 2], keepdims=True)  # per image and channel, as tf.image
-    return (x - mean) * _per_example(factor) + mean
-
-
-def adjust_saturation(x, factor):
-    """The HSV saturation scaling of tf.image.adjust_saturation, computed in RGB.
-
-    Scaling S by f (clipped to 1) keeps V and H, and each channel's distance to V is
-    proportional to S, so channel' = V - (V - channel) * min(f, V / (V - min)).
+    Per image on purpose: at 224 px a whole batch of float images (77 MB for 64 two-view images)
+    falls out of cache and every unfused op is a trip to memory, while one image stays in cache
+    and the fused AdjustContrast/AdjustSaturation/AdjustHue kernels run on it.
     """
-    v = tf.reduce_max(x, axis=-1, keepdims=True)
-    m = tf.reduce_min(x, axis=-1, keepdims=True)
-    chroma = v - m
-    f = _per_example(factor)
-    scale = tf.where(chroma > 0, tf.minimum(f, v / tf.maximum(chroma, 1e-12)), f)
-    return v - (v - x) * scale
+    ops = []
+    if cfg.brightness > 0:
+        ops.append((0, lambda y: y * p["brightness"]))
+    if cfg.contrast > 0:
+        ops.append((1, lambda y: tf.image.adjust_contrast(y, p["contrast"])))
+    if cfg.saturation > 0:
+        ops.append((2, lambda y: tf.image.adjust_saturation(y, p["saturation"])))
+    if cfg.hue > 0:
+        ops.append((3, lambda y: tf.image.adjust_hue(y, p["hue"])))
+    if not ops:
+        return x
+    order = tf.argsort(p["order_keys"]) if cfg.random_order else tf.range(4)
+
+    def jitter(y):
+        for step in range(4):
+            fns = [(lambda y=y: y)] * 4
+            for k, fn in ops:
+                fns[k] = (lambda fn=fn, y=y: tf.clip_by_value(fn(y), 0.0, 1.0))
+            y = tf.switch_case(order[step], fns)
+        return y
+
+    return tf.cond(p["jitter"], lambda: jitter(x), lambda: x)
 
 
-def adjust_hue(x, delta):
-    hsv = tf.image.rgb_to_hsv(x)
-    h = tf.math.floormod(hsv[..., 0:1] + _per_example(delta), 1.0)
-    return tf.image.hsv_to_rgb(tf.concat([h, hsv[..., 1:]], axis=-1))
-
-
-_ADJUST = {"brightness": adjust_brightness, "contrast": adjust_contrast,
-           "saturation": adjust_saturation, "hue": adjust_hue}
-
-# order keys -> index into _ORDERS, via a code of base-4 digits
-_ORDER_TABLE = [0] * 256
-for _i, _order in enumerate(_ORDERS):
-    _ORDER_TABLE[sum(o * 4 ** k for k, o in enumerate(_order))] = _i
-
-
-def jitter_groups(params: dict, cfg: AugmentConfig) -> tf.Tensor:
-    """Group id per example: the index of its op order in `_ORDERS`, or 24 for no jitter."""
-    jitter = params["jitter"]
-    if cfg.random_order:
-        order = tf.argsort(params["order_keys"], axis=-1)
-        code = tf.reduce_sum(order * tf.constant([1, 4, 16, 64], tf.int32), axis=-1)
-        group = tf.gather(tf.constant(_ORDER_TABLE, tf.int32), code)
-    else:
-        group = tf.zeros_like(tf.cast(jitter, tf.int32))
-    return tf.where(jitter, group, len(_ORDERS))
-
-
-def color_jitter_batch(x: tf.Tensor, params: dict, cfg: AugmentConfig) -> tf.Tensor:
-    """Colour jitter with each example's own factors and op order, clipping after every op.
-
-    Examples are partitioned by their order (24 orders + "untouched"), each part runs its four
-    ops vectorised, and the parts are stitched back: the same arithmetic as per-image jitter,
-    once per example, without running all four ops at every one of the four steps.
-    """
-    groups = jitter_groups(params, cfg)
-    n = len(_ORDERS) + 1
-    index_parts = tf.dynamic_partition(tf.range(tf.shape(x)[0]), groups, n)
-    x_parts = tf.dynamic_partition(x, groups, n)
-    factor_parts = {op: tf.dynamic_partition(params[op], groups, n) for op in _JITTER_OPS}
-    active = [op for op in _JITTER_OPS if getattr(cfg, op) > 0]
-    out = []
-    for g in range(n):
-        part = x_parts[g]
-        if g < len(_ORDERS):
-            for k in _ORDERS[g]:
-                op = _JITTER_OPS[k]
-                if op in active:
-                    part = tf.clip_by_value(_ADJUST[op](part, factor_parts[op][g]), 0.0, 1.0)
-        out.append(part)
-    return tf.dynamic_stitch(index_parts, out)
-
-
-def to_grayscale_batch(x: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
-    gray = tf.reduce_sum(x * tf.constant(_GRAY_WEIGHTS, tf.float32), axis=-1, keepdims=True)
-    return tf.where(_per_example(mask), tf.broadcast_to(gray, tf.shape(x)), x)
+def grayscale_image(x: tf.Tensor) -> tf.Tensor:
+    return tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(x))
 
 
 def blur_radius(size: int, cfg: AugmentConfig) -> int:
@@ -352,25 +297,18 @@ def gaussian_blur_batch(x: tf.Tensor, sigma: tf.Tensor, radius: int) -> tf.Tenso
     return tf.transpose(tf.reshape(y, [b, h, c, w]), [0, 1, 3, 2])
 
 
-def color_batch(x: tf.Tensor, params: dict, cfg: AugmentConfig) -> tf.Tensor:
-    """Jitter (p=jitter_prob), grayscale (p=grayscale_prob), blur (p=blur_prob), clip to [0, 1].
-
-    `params` hold one entry per example (flattened over views). Stages whose probability is 0
-    are left out of the graph.
-    """
-    if cfg.jitter_prob > 0 and any(getattr(cfg, op) > 0 for op in _JITTER_OPS):
-        x = color_jitter_batch(x, params, cfg)
+def color_image(x: tf.Tensor, p: dict, cfg: AugmentConfig) -> tf.Tensor:
+    """One view [S, S, 3] in [0, 1]: jitter (p=jitter_prob), grayscale (p=grayscale_prob),
+    blur (p=blur_prob), clip. `p` holds this view's draws. Stages with probability 0 are left
+    out of the graph."""
+    if cfg.jitter_prob > 0:
+        x = color_jitter_image(x, p, cfg)
     if cfg.grayscale_prob > 0:
-        x = to_grayscale_batch(x, params["gray"])
-    radius = blur_radius(int(x.shape[1]), cfg) if x.shape[1] is not None else 0
+        x = tf.cond(p["gray"], lambda: grayscale_image(x), lambda: x)
+    radius = blur_radius(int(x.shape[0]), cfg) if x.shape[0] is not None else 0
     if cfg.blur_prob > 0 and radius > 0:
-        # Only the chosen images are blurred: half the convolution work at p=0.5.
-        sel = tf.cast(params["blur"], tf.int32)
-        idx = tf.dynamic_partition(tf.range(tf.shape(x)[0]), sel, 2)
-        parts = tf.dynamic_partition(x, sel, 2)
-        sigma = tf.dynamic_partition(params["sigma"], sel, 2)[1]
-        blurred = gaussian_blur_batch(parts[1], sigma, radius)
-        x = tf.dynamic_stitch(idx, [parts[0], blurred])
+        x = tf.cond(p["blur"], lambda: gaussian_blur_batch(x[None], p["sigma"][None], radius)[0],
+                    lambda: x)
     return tf.clip_by_value(x, 0.0, 1.0)
 
 

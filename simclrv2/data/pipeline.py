@@ -83,67 +83,37 @@ def _options(ds: tf.data.Dataset) -> tf.data.Dataset:
     return ds.with_options(options)
 
 
-def _flatten_views(params: dict) -> dict:
-    """[B, V, ...] -> [B*V, ...], example-major (view v of example b at b*V + v)."""
-    out = {}
-    for k, v in params.items():
-        shape = tf.shape(v)
-        out[k] = tf.reshape(v, tf.concat([[shape[0] * shape[1]], shape[2:]], axis=0))
-    return out
-
-
 def _augmented(source: Source, batch_size: int, image_size: int, seed: int, start_batch: int,
                cfg: aug.AugmentConfig, num_views: int, shuffle: bool = True) -> tf.data.Dataset:
-    """Batches of (images [B, V, S, S, 3] float32, labels [B])."""
+    """Batches of (images [B, V, S, S, 3] float32, labels [B]).
+
+    Each element is augmented on its own inside one parallel map (see color_jitter_image for why
+    per image beats per batch on CPU); its views share one crop_and_resize call.
+    """
     seed = int(seed)
     size = image_size
 
-    def finish(views, labels):  # views [B*V, S, S, C]
+    def views_of(pos, image, label):  # image: uint8 [H, W, C]
+        params = aug.draw_params(aug.element_key(seed, pos), cfg, num_views)
+        shape = tf.shape(image)
+        windows = aug.crop_windows(params, shape[0], shape[1], cfg)
+        views = aug.crop_resize_batch(image[None], windows, tf.zeros([num_views], tf.int32),
+                                      params["flip"], size)
         if views.shape[-1] == 1:
             views = tf.image.grayscale_to_rgb(views)
-        return views, labels
-
-    def color(views, params):
+        views.set_shape([num_views, size, size, 3])
         if cfg.uses_color:
-            return aug.color_batch(views, params, cfg)
-        return tf.clip_by_value(views, 0.0, 1.0)
+            views = tf.stack([aug.color_image(views[v], {k: t[v] for k, t in params.items()}, cfg)
+                              for v in range(num_views)])
+        return views, label
 
     if source.kind == "array":
         images = source.image_tensor()
         labels_all = tf.constant(source.labels)
-        h, w = source.images.shape[1], source.images.shape[2]
-
-        def per_element(pos, idx):
-            return idx, aug.draw_params(aug.element_key(seed, pos), cfg, num_views)
-
-        def per_batch(idx, params):
-            flat = _flatten_views(params)
-            windows = aug.crop_windows(flat, h, w, cfg)
-            box_indices = tf.repeat(tf.range(tf.shape(idx)[0]), num_views)
-            views = aug.crop_resize_batch(tf.gather(images, idx), windows, box_indices, flat["flip"], size)
-            views, labels = finish(views, tf.gather(labels_all, idx))
-            views = color(views, flat)
-            return tf.reshape(views, [-1, num_views, size, size, 3]), labels
-
         ds = _index_stream(source, batch_size, seed, start_batch, shuffle)
-        ds = ds.map(per_element, num_parallel_calls=tf.data.AUTOTUNE)
-        ds = ds.batch(batch_size, drop_remainder=True)
-        ds = ds.map(per_batch, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(lambda pos, idx: views_of(pos, tf.gather(images, idx), tf.gather(labels_all, idx)),
+                    num_parallel_calls=tf.data.AUTOTUNE)
     else:
-        def per_element(pos, encoded, label):
-            params = aug.draw_params(aug.element_key(seed, pos), cfg, num_views)
-            image = decode_image(encoded)
-            shape = tf.shape(image)
-            windows = aug.crop_windows(params, shape[0], shape[1], cfg)
-            views = aug.crop_resize_batch(image[None], windows, tf.zeros([num_views], tf.int32),
-                                          params["flip"], size)
-            return views, params, label
-
-        def per_batch(views, params, labels):
-            flat = _flatten_views(params)
-            views = color(tf.reshape(views, [-1, size, size, 3]), flat)
-            return tf.reshape(views, [-1, num_views, size, size, 3]), labels
-
         if source.kind == "files":
             paths = tf.constant(source.paths)
             labels_all = tf.constant(source.labels)
@@ -151,14 +121,14 @@ def _augmented(source: Source, batch_size: int, image_size: int, seed: int, star
                 lambda pos, idx: (pos, tf.io.read_file(tf.gather(paths, idx)), tf.gather(labels_all, idx)))
         else:
             ds = _stream_epochs(source, batch_size, seed, start_batch, shuffle)
-        ds = ds.map(per_element, num_parallel_calls=tf.data.AUTOTUNE)
-        ds = ds.batch(batch_size, drop_remainder=True)
-        ds = ds.map(per_batch, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds
+        ds = ds.map(lambda pos, encoded, label: views_of(pos, decode_image(encoded), label),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch_size, drop_remainder=True)
 
 
 def pretrain_dataset(source: Source, batch_size: int, image_size: Optional[int] = None, seed: int = 0,
-                     start_batch: int = 0, config: Optional[aug.AugmentConfig] = None) -> tf.data.Dataset:
+                     start_batch: int = 0, config: Optional[aug.AugmentConfig] = None,
+                     shuffle: bool = True) -> tf.data.Dataset:
     """Endless `((view1, view2), labels)`: float32 [B, S, S, 3] in [0, 1], int64 [B].
 
     Two independent SimCLR views per image (`AugmentConfig.pretrain()` unless `config`), epochs
@@ -167,18 +137,19 @@ def pretrain_dataset(source: Source, batch_size: int, image_size: Optional[int] 
     _check_common(source, batch_size, start_batch)
     size = _image_size(source, image_size)
     cfg = (config or aug.AugmentConfig.pretrain()).resolve(size)
-    ds = _augmented(source, batch_size, size, seed, start_batch, cfg, num_views=2)
+    ds = _augmented(source, batch_size, size, seed, start_batch, cfg, num_views=2, shuffle=shuffle)
     ds = ds.map(lambda v, y: ((v[:, 0], v[:, 1]), y))
     return _options(ds.prefetch(tf.data.AUTOTUNE))
 
 
 def finetune_dataset(source: Source, batch_size: int, image_size: Optional[int] = None, seed: int = 0,
-                     start_batch: int = 0, config: Optional[aug.AugmentConfig] = None) -> tf.data.Dataset:
+                     start_batch: int = 0, config: Optional[aug.AugmentConfig] = None,
+                     shuffle: bool = True) -> tf.data.Dataset:
     """Endless `(images, labels)` with random resized crop and flip only (upstream fine-tuning)."""
     _check_common(source, batch_size, start_batch)
     size = _image_size(source, image_size)
     cfg = (config or aug.AugmentConfig.finetune()).resolve(size)
-    ds = _augmented(source, batch_size, size, seed, start_batch, cfg, num_views=1)
+    ds = _augmented(source, batch_size, size, seed, start_batch, cfg, num_views=1, shuffle=shuffle)
     ds = ds.map(lambda v, y: (v[:, 0], y))
     return _options(ds.prefetch(tf.data.AUTOTUNE))
 
