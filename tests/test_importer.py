@@ -215,3 +215,27 @@ def test_load_from_registry_second_call_is_offline(r18_cifar, tmp_path, monkeypa
     monkeypatch.setattr(download, "download_checkpoint", offline)
     model = pretrained.load("r18_0.25x_sk0", cache_dir=tmp_path)
     assert len(calls) == 1 and model.simclr_config.name == "r18_0.25x_sk0"
+
+
+def test_structural_paths_ignore_keras_alias_lists():
+    """Keras 2 serialises `layers` (recursive), `variables`, `keras_api` lists on every layer:
+    shorter aliases that must not win over upstream's own attributes."""
+    from tensorflow.core.protobuf import saved_object_graph_pb2
+
+    graph = saved_object_graph_pb2.SavedObjectGraph()
+    edges = {0: [("model", 1)], 1: [("layers", 2), ("resnet_model", 3)], 2: [("0", 6)],
+             3: [("variables", 10), ("block_groups", 4)], 4: [("0", 5)],
+             5: [("keras_api", 9), ("layers", 7)], 7: [("0", 6)], 6: [("kernel", 8)],
+             10: [("0", 8)]}
+    for nid in range(11):
+        node = graph.nodes.add()
+        if nid == 8:
+            node.variable.SetInParent()
+        else:
+            node.user_object.identifier = "_generic_user_object"
+        for name, child in edges.get(nid, []):
+            ref = node.children.add()
+            ref.local_name, ref.node_id = name, child
+    paths = official_format._structural_paths(graph)
+    assert "/".join(paths[8]) == "model/resnet_model/block_groups/0/layers/0/kernel"
+    assert official_format._resolve(graph, ["model", "resnet_model", "variables", "0"]) == 8

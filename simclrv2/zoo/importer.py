@@ -22,7 +22,7 @@ import warnings
 import numpy as np
 
 from simclrv2.zoo import official_format
-from simclrv2.zoo.config import DEPTHS, WIDTHS, ModelConfig, model_name, parse_name
+from simclrv2.zoo.config import DEPTHS, WIDTHS, ModelConfig, parse_name
 
 CONVERTER_VERSION = "1"
 RTOL = 1e-4
@@ -423,4 +423,4 @@ def convert_saved_model(saved_model_dir, out_path, architecture=None, input_shap
 
 
 __all__ = ["CONVERTER_VERSION", "ImportMismatchError", "assign_weights", "convert_saved_model",
-           "import_saved_model", "infer_config", "official_to_keras_paths", "model_name"]
+           "choose_selector", "import_saved_model", "infer_config", "official_to_keras_paths"]
