@@ -71,11 +71,14 @@ def test_simclrv1_backbone_millions(name):
 
 # One small member of every depth, with and without SK, with both stems: the analytic count
 # (used for the big models above) must equal what Keras actually allocates.
+# The deeper bottleneck nets differ from r50 only in blocks per group; they are slow to build.
 COUNT_CASES = [
     ("r18_0.25x_sk0", (32, 32, 3)), ("r18_0.25x_sk1", (64, 64, 3)),
     ("r34_0.125x_sk1", (64, 64, 3)), ("r50_0.25x_sk0", (64, 64, 3)),
-    ("r50_0.25x_sk1", (32, 32, 3)), ("r101_0.125x_sk1", (64, 64, 3)),
-    ("r152_0.125x_sk0", (64, 64, 3)), ("r200_0.125x_sk1", (64, 64, 3)),
+    ("r50_0.25x_sk1", (32, 32, 3)),
+    pytest.param("r101_0.125x_sk1", (64, 64, 3), marks=pytest.mark.slow),
+    ("r152_0.125x_sk0", (64, 64, 3)),
+    pytest.param("r200_0.125x_sk1", (64, 64, 3), marks=pytest.mark.slow),
 ]
 
 
@@ -85,8 +88,7 @@ def test_analytic_count_equals_built_model(name, shape):
     counted = zoo.count_parameters(name, input_shape=shape, num_classes=7, ft_proj_selector=2)
     assert trainable_by_part(model) == {k: counted[k] for k in
                                         ("backbone", "projection_head", "supervised_head")}
-    outputs = model(np.random.default_rng(0).random((1,) + shape, dtype=np.float32))
-    assert np.all(np.isfinite(keras.ops.convert_to_numpy(outputs["logits_sup"])))
+    assert model.count_params() > counted["total"]  # plus the BN moving statistics
 
 
 def test_endpoint_shapes_r50_224_like_official():
@@ -125,9 +127,9 @@ def test_selector_zero_reads_backbone():
 
 def test_layer_names_are_deterministic_and_descriptive(r50_sk1):
     paths = [v.path for v in r50_sk1.weights]
-    again = [v.path for v in zoo.build("r50_1x_sk1", num_classes=1000,
-                                       input_shape=(64, 64, 3)).weights]
-    assert paths == again
+    first, second = (zoo.build("r50_0.125x_sk1", num_classes=3, input_shape=(32, 32, 3))
+                     for _ in range(2))
+    assert [v.path for v in first.weights] == [v.path for v in second.weights]
     for expected in ["stem/conv1/kernel", "stem/conv3/kernel", "stem/bn3/moving_variance",
                      "block_group2/block1/sk_conv/mixing_conv/kernel",
                      "block_group2/block1/sk_conv/reduce_bn/gamma",
@@ -170,8 +172,11 @@ def test_sk_conv_with_zero_gate_logits_averages_streams():
 
 
 def test_resnet_d_stride1_pool_averages_valid_pixels_only():
-    block = zoo.build("r50_0.25x_sk1", input_shape=(32, 32, 3)).get_layer("block_group1").blocks[0]
+    from simclrv2.zoo.resnet import BottleneckBlock
+
+    block = BottleneckBlock(4, strides=1, use_projection=True, sk=True)
     ones = np.ones((1, 5, 5, 3), np.float32)
+    block(ones)
     pooled = keras.ops.convert_to_numpy(block.shortcut_pool(ones))
     assert pooled.shape == (1, 5, 5, 3) and np.allclose(pooled, 1.0)
 

@@ -28,7 +28,7 @@ def randomize_batch_norm(model, seed=0):
 
 @pytest.fixture(scope="module")
 def small_sk_model():
-    model = zoo.build("r50_0.25x_sk1", input_shape=(64, 64, 3), num_classes=5)
+    model = zoo.build("r50_0.125x_sk1", input_shape=(32, 32, 3), num_classes=5)
     randomize_batch_norm(model)
     return model
 
@@ -38,7 +38,7 @@ def numpy_outputs(model, images):
 
 
 def test_keras_file_round_trip_is_bit_identical(tmp_path, small_sk_model):
-    images = np.random.default_rng(0).random((2, 64, 64, 3), dtype=np.float32)
+    images = np.random.default_rng(0).random((2, 32, 32, 3), dtype=np.float32)
     path = tmp_path / "model.keras"
     small_sk_model.save(path)
     loaded = keras.saving.load_model(path, safe_mode=True)
@@ -56,7 +56,7 @@ def test_get_config_from_config_round_trip(small_sk_model):
     clone = zoo.SimCLRv2Model.from_config(config)
     assert [v.path for v in clone.weights] == [v.path for v in small_sk_model.weights]
     clone.set_weights(small_sk_model.get_weights())
-    images = np.random.default_rng(1).random((2, 64, 64, 3), dtype=np.float32)
+    images = np.random.default_rng(1).random((2, 32, 32, 3), dtype=np.float32)
     for key, value in numpy_outputs(small_sk_model, images).items():
         np.testing.assert_array_equal(value, numpy_outputs(clone, images)[key])
     assert zoo.ModelConfig.from_dict(config["config"]) == small_sk_model.simclr_config
@@ -68,34 +68,42 @@ os.environ["KERAS_BACKEND"] = "jax"
 import keras, numpy as np
 assert keras.backend.backend() == "jax"
 from simclrv2 import zoo
-spec = json.loads(sys.argv[1])
-model = zoo.build(spec["name"], input_shape=tuple(spec["shape"]), num_classes=5)
-model.load_weights(spec["weights"])
-images = np.load(spec["images"])
-out = model(images, training=False)
-np.savez(spec["out"], **{k: np.asarray(v) for k, v in out.items()})
+for spec in json.loads(sys.argv[1]):
+    model = zoo.build(spec["name"], input_shape=tuple(spec["shape"]), num_classes=5,
+                      cifar_stem=spec["cifar_stem"])
+    model.load_weights(spec["weights"])
+    out = model(np.load(spec["images"]), training=False)
+    np.savez(spec["out"], **{k: np.asarray(v) for k, v in out.items()})
 """
 
+# SK + ResNet-D (stem, stride-1 SAME average pool, stride-2 pads) and the plain basic block.
+BACKEND_CASES = [("r50_0.125x_sk1", (64, 64, 3), False), ("r18_0.125x_sk0", (32, 32, 3), True)]
 
-@pytest.mark.parametrize("name,shape", [("r50_0.25x_sk1", (64, 64, 3)), ("r18_0.25x_sk0", (32, 32, 3))])
-def test_same_outputs_under_tensorflow_and_jax(tmp_path, name, shape):
+
+def test_same_outputs_under_tensorflow_and_jax(tmp_path):
     pytest.importorskip("jax")
-    model = zoo.build(name, input_shape=shape, num_classes=5)
-    randomize_batch_norm(model, seed=4)
-    images = np.random.default_rng(5).random((2,) + shape, dtype=np.float32)
-    model.save_weights(tmp_path / "w.weights.h5")
-    np.save(tmp_path / "images.npy", images)
-    spec = {"name": name, "shape": shape, "weights": str(tmp_path / "w.weights.h5"),
-            "images": str(tmp_path / "images.npy"), "out": str(tmp_path / "out.npz")}
+    specs, expected = [], {}
+    for index, (name, shape, cifar_stem) in enumerate(BACKEND_CASES):
+        model = zoo.build(name, input_shape=shape, num_classes=5, cifar_stem=cifar_stem)
+        randomize_batch_norm(model, seed=4)
+        images = np.random.default_rng(5).random((2,) + shape, dtype=np.float32)
+        model.save_weights(tmp_path / f"w{index}.weights.h5")
+        np.save(tmp_path / f"images{index}.npy", images)
+        specs.append({"name": name, "shape": shape, "cifar_stem": cifar_stem,
+                      "weights": str(tmp_path / f"w{index}.weights.h5"),
+                      "images": str(tmp_path / f"images{index}.npy"),
+                      "out": str(tmp_path / f"out{index}.npz")})
+        expected[index] = numpy_outputs(model, images)
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
-    subprocess.run([sys.executable, "-c", JAX_SCRIPT, json.dumps(spec)], check=True, env=env,
+    subprocess.run([sys.executable, "-c", JAX_SCRIPT, json.dumps(specs)], check=True, env=env,
                    cwd=REPO_ROOT, timeout=300)
-    jax_out = np.load(tmp_path / "out.npz")
-    tf_out = numpy_outputs(model, images)
-    assert set(jax_out.files) == set(tf_out)
-    for key, value in tf_out.items():
-        scale = max(1.0, float(np.abs(value).max()))
-        np.testing.assert_allclose(jax_out[key], value, atol=1e-5 * scale, rtol=1e-5, err_msg=key)
+    for index, spec in enumerate(specs):
+        jax_out = np.load(spec["out"])
+        assert set(jax_out.files) == set(expected[index])
+        for key, value in expected[index].items():
+            scale = max(1.0, float(np.abs(value).max()))
+            np.testing.assert_allclose(jax_out[key], value, atol=1e-5 * scale, rtol=1e-5,
+                                       err_msg=f"{spec['name']}:{key}")
 
 
 def test_features_model_fits(tmp_path):
