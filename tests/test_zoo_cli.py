@@ -217,3 +217,14 @@ def test_convert_end_to_end_with_real_importer(capsys, tmp_path):
                                            "--arch", "r18_1x_sk0"], capsys)
     assert code == 0, err
     assert out_file.is_file()
+
+
+def test_models_table_lists_every_architecture_with_counts(capsys):
+    from simclrv2.zoo import list_models
+
+    assert cli.zoo_main(["models"]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("r")]
+    assert len(lines) == len(list_models())
+    row = next(line for line in lines if line.split()[0] == "r50_1x_sk1")
+    assert row.split()[1:4] == ["35,215,584", "8,659,072", "35"]

@@ -32,8 +32,15 @@ def _zoo_parser() -> argparse.ArgumentParser:
         description="List, describe and download the SavedModels released by the SimCLR "
                     "authors (gs://simclr-checkpoints-tf2). Downloads go to $SIMCLRV2_HOME "
                     "(default ~/.keras/simclrv2) and are resumed if interrupted.")
-    sub = parser.add_subparsers(dest="command", metavar="{list,info,download}")
+    sub = parser.add_subparsers(dest="command", metavar="{list,info,download,models}")
     sub.required = True
+
+    p = sub.add_parser("models", help="every buildable architecture with its parameter counts",
+                       description="Print one row per registered architecture (depth x width x "
+                                   "SK): trainable parameters of the backbone and of the 3-layer "
+                                   "projection head, computed from layer shapes, beside the "
+                                   "paper's Table 1 figure (millions) where one is published.")
+    p.add_argument("--released", action="store_true", help="only the 13 released SimCLRv2 ones")
 
     p = sub.add_parser("list", help="table of released checkpoints",
                        description="Print one row per released checkpoint: name, stage, "
@@ -70,6 +77,8 @@ def _zoo_parser() -> argparse.ArgumentParser:
 def zoo_main(argv=None) -> int:
     args = _zoo_parser().parse_args(argv)
     try:
+        if args.command == "models":
+            return _models(args)
         if args.command == "list":
             return _list(args)
         if args.command == "info":
@@ -78,6 +87,26 @@ def zoo_main(argv=None) -> int:
     except (_UserError, ValueError, OSError) as e:
         print(f"simclrv2 zoo {args.command}: error: {e}", file=sys.stderr)
         return 2
+
+
+def _models(args) -> int:
+    from simclrv2.zoo.architectures import OFFICIAL_PARAMS_M, SIMCLRV1_PARAMS_M, list_models
+    from simclrv2.zoo.param_count import count_parameters
+
+    rows = [("architecture", "backbone", "proj. head", "paper (M)", "ours (M)")]
+    for name in list_models(released_only=args.released):
+        counts = count_parameters(name)
+        official = OFFICIAL_PARAMS_M.get(name, SIMCLRV1_PARAMS_M.get(name))
+        rows.append((name, f"{counts['backbone']:,}", f"{counts['projection_head']:,}",
+                     "-" if official is None else str(official),
+                     f"{counts['backbone'] / 1e6:.2f}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(cell.rjust(w) if i else cell.ljust(w)
+                        for i, (cell, w) in enumerate(zip(r, widths))))
+    print(f"{len(rows) - 1} architectures at 224 px (ImageNet stem); paper = Table 1 of "
+          "arXiv:2006.10029 (SimCLRv1 ResNet-50 1x/2x/4x from arXiv:2002.05709)")
+    return 0
 
 
 def _list(args) -> int:
