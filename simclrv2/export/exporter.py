@@ -1,0 +1,707 @@
+"""One self-describing, verified export directory: SavedModel, ONNX and .keras of a SimCLRv2 model.
+
+    from simclrv2.export import export_model
+    report = export_model(model, "exports/r50_1x_sk1")     # or a .keras / run dir / SavedModel path
+
+Everything is written into a temporary sibling of `out_dir`, reloaded from there and compared
+with the Keras model on a probe batch; only when every SavedModel signature, every ONNX output
+and the reloaded .keras agree is the directory renamed into place. See docs/export.md.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import time
+import uuid
+import warnings
+
+import numpy as np
+
+FORMATS = ("savedmodel", "onnx", "keras")
+FORMAT_VERSION = 1
+RTOL = 1e-4  # max |ours - keras| / max |keras|, per output, as simclrv2.zoo.importer
+ONNX_OPSET = 17
+ONNX_MAX_BYTES = 2 * 1024 ** 3 - 64 * 1024 ** 2  # protobuf's 2 GiB limit, with room for the graph
+PROBE_BATCH = 3  # not the batch of 1 or 2 that a fixed-batch bug could pass with
+DISTILL_PROBE_TEMPERATURES = (0.5, 1.0, 4.0)
+
+LOGIT_SIGNATURES = ("serving_default", "finetune", "distill", "serving_bytes")
+
+
+class ExportError(ValueError):
+    """Bad input to the exporter (model, out_dir, formats...); the message says how to fix it."""
+
+
+class VerificationError(RuntimeError):
+    """An exported artifact does not reproduce the Keras model; nothing was written."""
+
+
+# --------------------------------------------------------------------------- model resolution
+
+def _read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _load_keras(path):
+    import keras
+
+    import simclrv2.zoo  # noqa: F401  (registers SimCLRv2Model for load_model)
+    from simclrv2.zoo.model import SimCLRv2Model
+
+    model = keras.saving.load_model(path, compile=False)
+    if not isinstance(model, SimCLRv2Model):
+        raise ExportError(f"{path} holds a {type(model).__name__}, not a simclrv2 SimCLRv2Model; "
+                          "export a model from simclrv2.zoo, a recipe run or `simclrv2 convert`")
+    return model
+
+
+def resolve_model(model, stage=None, image_size=None):
+    """(SimCLRv2Model, info) from a model object, a path or a registry name.
+
+    info: {"source", "source_kind", "stage", "provenance"}; `stage` overrides what the source says.
+    """
+    from simclrv2.zoo.model import SimCLRv2Model
+
+    if isinstance(model, SimCLRv2Model):
+        return model, {"source": None, "source_kind": "keras_object", "stage": stage or "unknown",
+                       "provenance": {}}
+    if hasattr(model, "signatures") and not isinstance(model, (str, os.PathLike)):
+        raise ExportError("a loaded SavedModel can't be exported again; pass its directory (an "
+                          "official SimCLRv2 SavedModel) or the .keras model it came from")
+    if not isinstance(model, (str, os.PathLike)):
+        raise ExportError(f"model must be a SimCLRv2Model, a path or a registry name, got "
+                          f"{type(model).__name__}")
+    path = pathlib.Path(os.path.expanduser(os.fspath(model)))
+    if path.is_file():
+        if path.suffix != ".keras":
+            raise ExportError(f"{path} is a file but not a .keras model; pass a .keras file, a run "
+                              "directory, an official SavedModel directory or a registry name")
+        side = _read_json(path.with_suffix(".json")) or {}
+        run = _read_json(path.parent / "result.json") or {}
+        found = side.get("stage") or run.get("stage")
+        prov = {k: side[k] for k in ("url", "source", "source_sha256", "converter_version")
+                if k in side}
+        return _load_keras(str(path)), {"source": str(path.resolve()), "source_kind": "keras_file",
+                                        "stage": stage or found or "unknown", "provenance": prov}
+    if path.is_dir():
+        if (path / "model.keras").is_file():
+            meta = _read_json(path / "result.json") or _read_json(path / "config.json") or {}
+            kind = "export_dir" if "format_version" in meta else "run_dir"
+            prov = {k: meta[k] for k in ("model_dir", "test_top1", "checkpoint") if k in meta}
+            return _load_keras(str(path / "model.keras")), {
+                "source": str(path.resolve()), "source_kind": kind,
+                "stage": stage or meta.get("stage") or "unknown", "provenance": prov}
+        if (path / "config.json").is_file() and (path / "checkpoints").is_dir():
+            from simclrv2.recipes.stages import load_network
+
+            meta = _read_json(path / "result.json") or {}
+            return load_network(path), {"source": str(path.resolve()), "source_kind": "run_dir",
+                                        "stage": stage or meta.get("stage") or "unknown",
+                                        "provenance": {"checkpoint_dir": str(path / "checkpoints")}}
+        if (path / "saved_model.pb").is_file():
+            from simclrv2.zoo import importer
+
+            shape = (image_size, image_size, 3) if image_size else None
+            keras_model, report = importer.import_saved_model(str(path), input_shape=shape)
+            prov = {"import_" + k: v for k, v in report.items() if k != "config"}
+            return keras_model, {"source": str(path.resolve()), "source_kind": "official_savedmodel",
+                                 "stage": stage or "unknown", "provenance": prov}
+        raise ExportError(f"{path} is a directory but holds no model.keras (a recipe run or an "
+                          "export), no config.json + checkpoints/ (a run in progress) and no "
+                          "saved_model.pb (an official SavedModel)")
+    text = os.fspath(model)
+    if os.sep in text or "/" in text or text.endswith(".keras") or text.startswith("."):
+        raise ExportError(f"model path {text!r} does not exist; pass an existing .keras file, "
+                          "run directory or SavedModel directory, or a registry name "
+                          "(`simclrv2 zoo list`)")
+    from simclrv2.zoo import checkpoints
+
+    wanted = stage or "pretrained"
+    try:
+        ckpt = checkpoints.get_checkpoint(text, wanted)
+    except ValueError as e:
+        raise ExportError(f"{text!r} is neither an existing path nor a released checkpoint at "
+                          f"stage {wanted!r} ({e}); `simclrv2 zoo list` lists names and stages"
+                          ) from None
+    from simclrv2.zoo.pretrained import load
+
+    shape = (image_size, image_size, 3) if image_size else None
+    keras_model = load(text, stage=ckpt.stage, input_shape=shape)
+    return keras_model, {"source": ckpt.url, "source_kind": "registry", "stage": ckpt.stage,
+                         "provenance": {"name": ckpt.name, "url": ckpt.url}}
+
+
+def _at_size(model, image_size):
+    """The model with a fixed square input of `image_size` (weights shared by copy)."""
+    import simclrv2.zoo as zoo
+
+    config = model.simclr_config
+    if tuple(config.input_shape[:2]) == (image_size, image_size):
+        return model
+    resized = zoo.build(config.replace(input_shape=(image_size, image_size, 3)))
+    resized.set_weights(model.get_weights())
+    return resized
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+def eval_crop_proportion(image_size):
+    from simclrv2.data import augment as aug
+
+    return 1.0 if image_size <= aug.SMALL_IMAGE else aug.CROP_PROPORTION
+
+
+def preprocess_encoded(encoded, image_size):
+    """One JPEG/PNG/BMP/GIF string -> float32 [S, S, 3] in [0, 1]: the evaluation preprocessing
+    of simclrv2.data.eval_dataset (centre crop of 0.875 of the shorter side, none at <= 32 px;
+    bicubic resize; clip, since bicubic overshoots)."""
+    import tensorflow as tf
+
+    from simclrv2.data import augment as aug
+    from simclrv2.data.sources import decode_image
+
+    image = decode_image(encoded)
+    shape = tf.shape(image)
+    y, x, h, w = tf.unstack(aug.center_crop_window(shape[0], shape[1], image_size,
+                                                   eval_crop_proportion(image_size)))
+    image = tf.image.convert_image_dtype(image[y:y + h, x:x + w], tf.float32)
+    image = tf.image.resize(image, [image_size, image_size], method="bicubic")
+    return tf.clip_by_value(image, 0.0, 1.0)
+
+
+def preprocessing_description(image_size):
+    crop = eval_crop_proportion(image_size)
+    return {
+        "input": "float32 NHWC RGB in [0, 1]; no mean/std normalisation (as upstream SimCLRv2)",
+        "eval": (f"decode to RGB uint8, centre crop {crop:g} of the shorter side, bicubic resize to "
+                 f"{image_size}x{image_size}, scale to [0, 1], clip"),
+        "crop_proportion": crop,
+        "resize": "bicubic",
+        "image_size": image_size,
+        "in_graph": "serving_bytes",
+    }
+
+
+# --------------------------------------------------------------------------- export graph
+
+def finetune_variable_paths(config):
+    """Paths (prefixes) of the fine-tune head: projection layers 0..ft_proj_selector-1 and the
+    supervised head; the only variables exported as trainable."""
+    prefixes = ["head_supervised/"]
+    if config.include_projection_head:
+        for i in range(config.ft_proj_selector):
+            prefixes += [f"proj_head/dense{i}/", f"proj_head/bn{i}/"]
+    return tuple(prefixes)
+
+
+class _Graph:
+    """tf.Variables holding a snapshot of the model's weights, and the tf.functions of the export.
+
+    The snapshot lets the SavedModel mark exactly the fine-tune head trainable (a Keras variable's
+    tf.Variable keeps the trainable flag it was created with); `stateless_call` runs the Keras
+    graph on these variables, so the functions compute what the Keras model computes.
+    """
+
+    def __init__(self, model, image_size, temperature):
+        import tensorflow as tf
+
+        self.model, self.size, self.temperature = model, image_size, float(temperature)
+        config = model.simclr_config
+        self.has_logits = bool(config.num_classes)
+        self.has_projection = bool(config.include_projection_head)
+        head = finetune_variable_paths(config) if self.has_logits else ()
+
+        def snapshot(v, trainable):
+            return tf.Variable(v.numpy(), trainable=trainable, name=v.path.replace("/", "__"))
+
+        self.trainable = [snapshot(v, v.path.startswith(head) and v.trainable)
+                          for v in model.trainable_variables]
+        self.non_trainable = [snapshot(v, False) for v in model.non_trainable_variables]
+        self.head_paths = sorted(v.path for v in model.trainable_variables
+                                 if v.path.startswith(head) and v.trainable) if head else []
+        self.images_spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32,
+                                         name="images")
+        self.functions, self.skipped = self._functions()
+
+    def outputs(self, images):
+        import tensorflow as tf
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The structure of `inputs`")
+            out, _ = self.model.stateless_call(self.trainable, self.non_trainable, images,
+                                               training=False)
+        return {k: tf.cast(v, tf.float32) for k, v in out.items()}
+
+    def _functions(self):
+        import tensorflow as tf
+
+        from simclrv2.zoo.resnet import BACKBONE_ENDPOINTS
+
+        spec = self.images_spec
+        fns, skipped = {}, {}
+
+        def fn(signature):
+            return lambda f: tf.function(f, input_signature=signature, autograph=False)
+
+        if self.has_logits:
+            @fn([spec])
+            def serving_default(images):
+                logits = self.outputs(images)["logits_sup"]
+                return {"logits": logits, "probabilities": tf.nn.softmax(logits)}
+
+            @fn([spec])
+            def finetune(images):
+                return {"logits": self.outputs(images)["logits_sup"]}
+
+            @fn([spec, tf.TensorSpec([], tf.float32, name="temperature")])
+            def distill(images, temperature):
+                check = tf.debugging.assert_positive(
+                    temperature, message="distill: temperature must be > 0")
+                with tf.control_dependencies([check]):
+                    logits = self.outputs(images)["logits_sup"]
+                    return {"soft_targets": tf.nn.softmax(logits / temperature)}
+
+            @fn([tf.TensorSpec([None], tf.string, name="image_bytes")])
+            def serving_bytes(image_bytes):
+                images = tf.map_fn(lambda b: preprocess_encoded(b, self.size), image_bytes,
+                                   fn_output_signature=tf.TensorSpec(
+                                       [self.size, self.size, 3], tf.float32))
+                return serving_default(images)
+
+            fns.update(serving_default=serving_default, finetune=finetune, distill=distill,
+                       serving_bytes=serving_bytes)
+        else:
+            for name in LOGIT_SIGNATURES:
+                skipped[name] = "the model has no supervised head (a pretrained model): no logits"
+
+        @fn([spec])
+        def features(images):
+            return {"final_avg_pool": self.outputs(images)["final_avg_pool"]}
+
+        fns["features"] = features
+        if self.has_projection:
+            @fn([spec])
+            def projection(images):
+                return {"proj_head_output": self.outputs(images)["proj_head_output"]}
+
+            fns["projection"] = projection
+        else:
+            skipped["projection"] = "the model has no projection head"
+
+        @fn([spec])
+        def hidden(images):
+            out = self.outputs(images)
+            return {k: out[k] for k in BACKBONE_ENDPOINTS if k in out}
+
+        fns["hidden"] = hidden
+        return fns, skipped
+
+    def onnx_function(self):
+        import tensorflow as tf
+
+        @tf.function(input_signature=[self.images_spec], autograph=False)
+        def onnx_outputs(images):
+            out = self.outputs(images)
+            result = {"final_avg_pool": out["final_avg_pool"]}
+            if self.has_logits:
+                result.update(logits=out["logits_sup"],
+                              probabilities=tf.nn.softmax(out["logits_sup"]))
+            if self.has_projection:
+                result["proj_head_output"] = out["proj_head_output"]
+            return result
+
+        return onnx_outputs
+
+    def save(self, path):
+        import tensorflow as tf
+
+        root = tf.__internal__.tracking.AutoTrackable()
+        # hub.KerasLayer / TFSMLayer conventions: these lists decide what `trainable=True` trains.
+        root.variables = self.trainable + self.non_trainable
+        root.trainable_variables = [v for v in self.trainable if v.trainable]
+        root.non_trainable_variables = [v for v in root.variables if not v.trainable]
+        root.regularization_losses = []
+        for name, f in self.functions.items():
+            setattr(root, name, f)
+        # Callable root for hub.KerasLayer: the fine-tune logits when there are any.
+        root.__call__ = self.functions.get("finetune", self.functions["features"])
+        signatures = {name: f.get_concrete_function() for name, f in self.functions.items()}
+        tf.saved_model.save(root, path, signatures=signatures)
+
+
+# --------------------------------------------------------------------------- verification
+
+def rel_diff(ours, ref):
+    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+    if ours.shape != ref.shape:
+        return float("inf")
+    if not ref.size:
+        return 0.0
+    if not np.all(np.isfinite(ours)):
+        return float("inf")
+    scale = max(float(np.max(np.abs(ref))), 1e-12)
+    return float(np.max(np.abs(ours - ref))) / scale
+
+
+def _softmax(x, temperature=1.0):
+    x = np.asarray(x, np.float64) / temperature
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def probe_inputs(image_size, seed=0):
+    """(float images [B, S, S, 3], encoded PNG strings of other sizes, their decoded images)."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(0.0, 1.0, (PROBE_BATCH, image_size, image_size, 3)).astype(np.float32)
+    # Non-square and larger than the model input, so the crop and the resize both run.
+    shapes = [(image_size + 9, image_size + 3), (image_size, image_size + 17),
+              (2 * image_size, image_size + 1)]
+    encoded = [tf.io.encode_png(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).numpy()
+               for h, w in shapes]
+    decoded = np.stack([preprocess_encoded(tf.constant(e), image_size).numpy() for e in encoded])
+    return images, np.array(encoded, dtype=object), decoded
+
+
+def _keras_outputs(model, images):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The structure of `inputs`")
+        out = model(images, training=False)
+    return {k: np.asarray(v, np.float32) for k, v in out.items()}
+
+
+def expected_outputs(model, images, bytes_images, temperature):
+    """{signature: {output: reference array}} from the Keras model itself."""
+    from simclrv2.zoo.resnet import BACKBONE_ENDPOINTS
+
+    out = _keras_outputs(model, images)
+    expected = {"features": {"final_avg_pool": out["final_avg_pool"]},
+                "hidden": {k: out[k] for k in BACKBONE_ENDPOINTS if k in out}}
+    if "proj_head_output" in out:
+        expected["projection"] = {"proj_head_output": out["proj_head_output"]}
+    if "logits_sup" in out:
+        logits = out["logits_sup"]
+        expected["serving_default"] = {"logits": logits, "probabilities": _softmax(logits)}
+        expected["finetune"] = {"logits": logits}
+        for t in sorted({*DISTILL_PROBE_TEMPERATURES, float(temperature)}):
+            expected[f"distill[temperature={t:g}]"] = {"soft_targets": _softmax(logits, t)}
+        from_bytes = _keras_outputs(model, bytes_images)["logits_sup"]
+        expected["serving_bytes"] = {"logits": from_bytes, "probabilities": _softmax(from_bytes)}
+    return expected
+
+
+def run_saved_model(saved_model_dir, images, encoded, temperatures):
+    """{signature: {output: array}} from the SavedModel's signatures as TF Serving calls them."""
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(saved_model_dir)
+    sigs, got = loaded.signatures, {}
+    x = tf.constant(images)
+    for name in sigs:
+        if name == "distill":
+            for t in temperatures:
+                got[f"distill[temperature={t:g}]"] = sigs[name](
+                    images=x, temperature=tf.constant(t, tf.float32))
+        elif name == "serving_bytes":
+            got[name] = sigs[name](image_bytes=tf.constant(list(encoded), tf.string))
+        else:
+            got[name] = sigs[name](images=x)
+    return {s: {k: np.asarray(v) for k, v in o.items()} for s, o in got.items()}
+
+
+def run_onnx(onnx_path, images):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(None, {"images": images})))
+
+
+def _compare(got, expected, what):
+    diffs, missing = {}, []
+    for sig, outputs in expected.items():
+        for key, ref in outputs.items():
+            if key not in got.get(sig, {}):
+                missing.append(f"{sig}/{key}")
+                continue
+            diffs[f"{sig}/{key}"] = rel_diff(got[sig][key], ref)
+    if missing:
+        raise VerificationError(f"the {what} lacks outputs {missing}; refusing to export")
+    return diffs
+
+
+def verify(tmp, formats, model, image_size, temperature, seed=0):
+    """{format: {signature/output: relative difference}}; raises VerificationError past RTOL."""
+    images, encoded, bytes_images = probe_inputs(image_size, seed)
+    expected = expected_outputs(model, images, bytes_images, temperature)
+    temperatures = sorted({*DISTILL_PROBE_TEMPERATURES, float(temperature)})
+    figures = {}
+    if "savedmodel" in formats:
+        got = run_saved_model(os.path.join(tmp, "saved_model"), images, encoded, temperatures)
+        figures["saved_model"] = _compare(got, expected, "SavedModel")
+    if "onnx" in formats:
+        got = run_onnx(os.path.join(tmp, "model.onnx"), images)
+        ref = expected["serving_default"] if "serving_default" in expected else {}
+        want = {**ref, **expected["features"], **expected.get("projection", {})}
+        figures["onnx"] = _compare({"onnx": got}, {"onnx": want}, "ONNX model")
+        figures["onnx"] = {k.split("/", 1)[1]: v for k, v in figures["onnx"].items()}
+    if "keras" in formats:
+        reloaded = _load_keras(os.path.join(tmp, "model.keras"))
+        out = _keras_outputs(reloaded, images)
+        ref = _keras_outputs(model, images)
+        figures["keras"] = {k: rel_diff(out.get(k, np.zeros(0)), v) for k, v in ref.items()}
+    bad = [(fmt, k, v) for fmt, d in figures.items() for k, v in d.items() if not v <= RTOL]
+    if bad:
+        listed = ", ".join(f"{fmt} {k}: {v:.3g}" for fmt, k, v in bad)
+        raise VerificationError(
+            f"exported outputs differ from the Keras model beyond {RTOL:g} (max abs difference / "
+            f"max abs value on a probe batch of {PROBE_BATCH}): {listed}; nothing was written")
+    return figures, list(images.shape)
+
+
+# --------------------------------------------------------------------------- writers
+
+def write_onnx(graph, path, metadata):
+    import onnx
+    import tf2onnx
+    from keras.src.export.tf2onnx_lib import patch_tf2onnx
+
+    patch_tf2onnx()  # tf2onnx 1.17 still uses numpy<2 names; Keras ships this fix
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        proto, _ = tf2onnx.convert.from_function(
+            graph.onnx_function(), input_signature=[graph.images_spec], opset=ONNX_OPSET)
+    # tf2onnx names the batch dimension after the TF tensor (unk__N); a plain name documents it.
+    for value in list(proto.graph.input) + list(proto.graph.output):
+        dim = value.type.tensor_type.shape.dim
+        if dim and not dim[0].HasField("dim_value"):
+            dim[0].dim_param = "batch"
+    onnx.helper.set_model_props(proto, {k: str(v) for k, v in metadata.items()})
+    onnx.checker.check_model(proto)
+    onnx.save(proto, path)
+    return [o.name for o in proto.graph.output]
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_checksums(root):
+    """SHA256SUMS in `sha256sum -c` format for every file below root."""
+    lines = []
+    for path in sorted(pathlib.Path(root).rglob("*")):
+        if path.is_file() and path.name != "SHA256SUMS":
+            lines.append(f"{_sha256(path)}  {path.relative_to(root).as_posix()}")
+    pathlib.Path(root, "SHA256SUMS").write_text("\n".join(lines) + "\n")
+    return len(lines)
+
+
+def model_card(report):
+    cfg = report["model_config"]
+    lines = [
+        f"# {report['architecture']} ({report['stage']})", "",
+        "SimCLRv2 ResNet exported by `simclrv2 export` (Chen et al., *Big Self-Supervised Models "
+        "are Strong Semi-Supervised Learners*, NeurIPS 2020).", "",
+        f"- Architecture: ResNet-{cfg['depth']} {cfg['width']}x, selective kernels "
+        f"{'on' if cfg['sk'] else 'off'}, {'CIFAR' if cfg['cifar_stem'] else 'ImageNet'} stem; "
+        f"projection head {'yes' if cfg['include_projection_head'] else 'no'}; "
+        f"classes: {report['classes']['num_classes'] or 'none (pretrained, no supervised head)'}",
+        f"- Input: {report['input']['description']}, "
+        f"{report['image_size']}x{report['image_size']}, any batch size",
+        f"- Preprocessing: {report['preprocessing']['eval']}", "",
+        "| file | what |", "|---|---|",
+    ]
+    if "savedmodel" in report["formats"]:
+        sigs = ", ".join(f"`{s}`" for s in report["signatures"])
+        lines.append(f"| `saved_model/` | TF SavedModel; signatures {sigs} |")
+    if "onnx" in report["formats"]:
+        outs = ", ".join(f"`{o}`" for o in report["onnx"]["outputs"])
+        lines.append(f"| `model.onnx` | ONNX opset {report['onnx']['opset']}, input `images`, "
+                     f"outputs {outs} |")
+    if "keras" in report["formats"]:
+        lines.append("| `model.keras` | Keras 3 model with its heads, for `fit` "
+                     "(`import simclrv2.zoo` first) |")
+    lines += ["| `config.json` | everything below, machine-readable |",
+              "| `SHA256SUMS` | `sha256sum -c SHA256SUMS` |", ""]
+    if report["skipped_signatures"]:
+        lines.append("Not exported: " + "; ".join(
+            f"`{k}` ({v})" for k, v in report["skipped_signatures"].items()) + ".")
+        lines.append("")
+    worst = report["verification"]["max_relative_difference"]
+    lines += [f"Verified against the Keras model on a probe batch of {PROBE_BATCH}: largest "
+              f"relative difference {worst:.2g} (tolerance {RTOL:g}); per output in config.json.",
+              ""]
+    if report.get("source"):
+        lines.append(f"Source: `{report['source']}` ({report['source_kind']}).")
+    lines.append(f"Exported {report['exported_at']} with simclrv2 {report['simclrv2_version']}.")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- entry point
+
+def _check_out_dir(out_dir, overwrite, source):
+    out = pathlib.Path(os.path.expanduser(os.fspath(out_dir))).absolute()
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} is a file; pass a directory path")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ExportError(f"--out {out} exists and is not empty; pass --overwrite "
+                          "(overwrite=True) to replace it, or choose a new directory")
+    if source:
+        src = pathlib.Path(source).resolve()
+        if out.resolve() == src or out.resolve() in src.parents:
+            raise ExportError(f"--out {out} contains the model being exported ({src}); "
+                              "choose another directory")
+    return out
+
+
+def _check_formats(formats):
+    if isinstance(formats, str):
+        formats = [f for f in formats.split(",") if f.strip()]
+    formats = tuple(dict.fromkeys(f.strip().lower() for f in formats))
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ExportError(f"unknown export format(s) {unknown or formats}; valid: "
+                          f"{','.join(FORMATS)}")
+    return formats
+
+
+def export_model(model, out_dir, formats=FORMATS, image_size=None, stage=None, provenance=None,
+                 overwrite=False, temperature=1.0) -> dict:
+    """Exports `model` to `out_dir`, verified; returns the report also written to config.json.
+
+    model: a SimCLRv2Model, a .keras path, a recipe run directory, an export directory, an
+      official SimCLRv2 SavedModel directory, or a registry name (with `stage`).
+    formats: any of "savedmodel", "onnx", "keras" (list or comma-separated string).
+    image_size: the square input side of every artifact (default: the model's input size).
+    stage: recorded in config.json; for a registry name, which released stage to load.
+    provenance: extra fields recorded under config.json's "provenance".
+    overwrite: replace a non-empty out_dir (otherwise refused).
+    temperature: the distill signature's default, recorded in config.json (the signature takes
+      it as an input).
+    Raises ExportError for bad input, VerificationError when an artifact doesn't match; either
+    way nothing is left at out_dir.
+    """
+    import simclrv2
+
+    started = time.monotonic()
+    formats = _check_formats(formats)
+    if not float(temperature) > 0:
+        raise ExportError(f"temperature must be > 0, got {temperature}")
+    if image_size is not None and (int(image_size) != image_size or image_size < 8):
+        raise ExportError(f"image_size must be an integer >= 8, got {image_size!r}")
+    if provenance is not None and not isinstance(provenance, dict):
+        raise ExportError("provenance must be a dict of JSON-serialisable fields")
+    source_hint = None if not isinstance(model, (str, os.PathLike)) else os.fspath(model)
+    if source_hint and os.path.exists(os.path.expanduser(source_hint)):
+        source_hint = os.path.expanduser(source_hint)
+    else:
+        source_hint = None
+    out = _check_out_dir(out_dir, overwrite, source_hint)
+
+    keras_model, info = resolve_model(model, stage, image_size)
+    config = keras_model.simclr_config
+    if image_size is None:
+        image_size = config.input_shape[0] or 224
+    image_size = int(image_size)
+    keras_model = _at_size(keras_model, image_size)
+    config = keras_model.simclr_config
+    weight_bytes = sum(int(np.prod(v.shape)) * 4 for v in keras_model.weights)
+    if "onnx" in formats and weight_bytes > ONNX_MAX_BYTES:
+        raise ExportError(f"{config.name} has {weight_bytes / 1e9:.1f} GB of weights, over the 2 GB "
+                          "limit of a single-file ONNX model; export with --formats "
+                          "savedmodel,keras")
+
+    graph = _Graph(keras_model, image_size, temperature)
+    report = {
+        "format_version": FORMAT_VERSION,
+        "simclrv2_version": simclrv2.__version__,
+        "architecture": config.name,
+        "model_config": config.to_dict(),
+        "stage": info["stage"],
+        "classes": {"num_classes": config.num_classes, "names": None},
+        "image_size": image_size,
+        "input": {"name": "images", "dtype": "float32", "layout": "NHWC",
+                  "shape": [None, image_size, image_size, 3], "range": [0.0, 1.0],
+                  "description": "float32 RGB images in [0, 1], NHWC, no mean/std normalisation"},
+        "preprocessing": preprocessing_description(image_size),
+        "formats": list(formats),
+        "signatures": {}, "skipped_signatures": {}, "onnx": None,
+        "finetune_trainable_variables": graph.head_paths,
+        "distill_default_temperature": float(temperature),
+        "source": info["source"], "source_kind": info["source_kind"],
+        "provenance": {**info["provenance"], **(provenance or {})},
+    }
+    if provenance and "class_names" in provenance:
+        report["classes"]["names"] = list(provenance["class_names"])
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        if "savedmodel" in formats:
+            graph.save(str(tmp / "saved_model"))
+            for name, f in graph.functions.items():
+                cf = f.get_concrete_function()
+                report["signatures"][name] = {
+                    "inputs": [s.name for s in cf.structured_input_signature[0]],
+                    "outputs": sorted(cf.structured_outputs)}
+            report["skipped_signatures"] = dict(graph.skipped)
+        if "onnx" in formats:
+            meta = {"architecture": config.name, "stage": info["stage"],
+                    "num_classes": config.num_classes or 0, "image_size": image_size,
+                    "input_range": "[0, 1]", "input_layout": "NHWC float32 RGB",
+                    "preprocessing": report["preprocessing"]["eval"],
+                    "simclrv2_version": simclrv2.__version__}
+            names = write_onnx(graph, str(tmp / "model.onnx"), meta)
+            report["onnx"] = {"file": "model.onnx", "opset": ONNX_OPSET, "input": "images",
+                              "outputs": names, "metadata_props": meta}
+        if "keras" in formats:
+            keras_model.save(str(tmp / "model.keras"))
+        figures, probe_shape = verify(str(tmp), formats, keras_model, image_size, temperature)
+        worst = max((v for d in figures.values() for v in d.values()), default=0.0)
+        report["verification"] = {"tolerance": RTOL, "probe_shape": probe_shape,
+                                  "metric": "max |exported - keras| / max |keras| per output",
+                                  "max_relative_difference": worst, **figures}
+        report["exported_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec="seconds")
+        report["export_wall_s"] = round(time.monotonic() - started, 2)
+        (tmp / "config.json").write_text(json.dumps(report, indent=2) + "\n")
+        (tmp / "README.md").write_text(model_card(report))
+        write_checksums(tmp)
+        _place(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    report["out_dir"] = str(out)
+    report["files"] = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    return report
+
+
+def _place(tmp, out):
+    """Renames tmp to out; an existing out is moved aside first and removed only afterwards."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(out, old)
+    try:
+        os.rename(tmp, out)
+    except BaseException:
+        if old is not None:
+            os.rename(old, out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
