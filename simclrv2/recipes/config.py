@@ -93,7 +93,7 @@ class PretrainConfig(RunConfig):
     temperature: float = 0.1
     hidden_norm: bool = True
     lineareval_while_pretraining: bool = True
-    color_jitter_strength: float = 1.0  # passed to the data package when it accepts it
+    color_jitter_strength: Optional[float] = None  # None: the data package's rule (0.5 at <= 32 px, else 1.0)
     knn_steps: int = 0  # kNN monitor every N steps (0 = only at the end)
     knn_k: int = 200
     knn_temperature: float = 0.1

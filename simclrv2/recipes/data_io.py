@@ -3,12 +3,17 @@
 `synthetic` is a deterministic random dataset (class-coloured noise) for smoke tests and speed
 benchmarks: it needs no files and its batches are a pure function of (seed, element index), like
 the real pipelines, so resumed runs see exactly the batches they would have seen.
+
+Real datasets are the data package's own `Source` objects (see docs/CONTRACTS.md, simclrv2.data),
+wrapped so that the stages handle both kinds alike: `len()`, `labels`, `num_classes`, and `index`
+(positions in the full split) for a subset.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
+import os
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
@@ -20,31 +25,26 @@ SYNTHETIC_SIZES = {"train": 2048, "test": 512}
 
 @dataclasses.dataclass
 class Source:
-    """Images (uint8 or float NHWC) and integer labels of one split, or the data package's own
-    source object in `native`."""
+    """One split: synthetic images in `images`, or the data package's source in `native`."""
 
-    images: np.ndarray = None
-    labels: np.ndarray = None
-    num_classes: int = 0
+    labels: Optional[np.ndarray]
+    num_classes: int
+    images: Optional[np.ndarray] = None
     native: object = None
-    synthetic: bool = False
-    index: np.ndarray = None  # positions in the full split, for a subset
+    index: Optional[np.ndarray] = None  # positions in the full split, for a subset
+
+    @property
+    def synthetic(self) -> bool:
+        return self.native is None
 
     def __len__(self):
-        if self.labels is not None:
-            return len(self.labels)
-        return len(self.native)
+        if self.native is not None:
+            return int(self.native.num_examples)
+        return len(self.labels)
 
 
 def _data():
-    try:
-        import simclrv2.data as data
-    except ImportError as error:  # pragma: no cover - the package is part of the repo
-        raise RuntimeError(f"simclrv2.data is unavailable ({error}); use dataset=synthetic") from None
-    for name in ("load_labeled", "pretrain_dataset", "finetune_dataset", "eval_dataset"):
-        if not hasattr(data, name):
-            raise RuntimeError(f"simclrv2.data has no {name}() yet; use dataset=synthetic until it "
-                               f"lands")
+    import simclrv2.data as data
     return data
 
 
@@ -57,55 +57,73 @@ def _synthetic_split(split: str, seed: int = 1234) -> Source:
     # A fixed colour per class plus noise: separable, so the kNN monitor has something to find.
     colours = np.random.default_rng(seed).uniform(0.2, 0.8, size=(SYNTHETIC_CLASSES, 1, 1, 3))
     images = np.clip(colours[labels] + rng.normal(0, 0.15, size=(n, 8, 8, 3)), 0, 1)
-    return Source((images * 255).astype(np.uint8), labels.astype(np.int32), SYNTHETIC_CLASSES,
-                  synthetic=True)
+    return Source(labels.astype(np.int32), SYNTHETIC_CLASSES, images=(images * 255).astype(np.uint8))
+
+
+def _wrap(native) -> Source:
+    labels = None if native.labels is None else np.asarray(native.labels)
+    return Source(labels, int(native.num_classes or 0), native=native)
 
 
 def load_labeled(name: str, split: str, data_dir=None) -> Source:
     if name == SYNTHETIC:
         return _synthetic_split(split)
-    data = _data()
-    native = data.load_labeled(name, split, data_dir)
-    labels = getattr(native, "labels", None)
-    images = getattr(native, "images", None)
-    if isinstance(native, tuple) and len(native) == 2:
-        images, labels = native
-        native = None
-    num_classes = int(getattr(native, "num_classes", 0) or (int(np.max(labels)) + 1))
-    return Source(images, None if labels is None else np.asarray(labels), num_classes, native)
+    return _wrap(_data().load_labeled(name, split, data_dir))
 
 
-def subset(source: Source, fraction: float, seed: int) -> Source:
-    """A class-balanced labeled subset (the data package's label_subset when it is there)."""
+def load_unlabeled(name: str, split: str = None, data_dir=None) -> Source:
+    """Images with label -1 (the data package's rule); synthetic: its train split, unlabeled."""
+    if name == SYNTHETIC:
+        source = _synthetic_split(split or "train")
+        return dataclasses.replace(source, labels=np.full_like(source.labels, -1))
+    return _wrap(_data().load_unlabeled(name, split, data_dir))
+
+
+def _balanced(labels, fraction, seed):
+    """Class-balanced indices: the data package's rule, so both kinds of source draw alike."""
+    return _data().label_subset(labels, fraction=fraction, seed=seed)
+
+
+def subset_indices(source: Source, fraction: float, seed: int, path: Optional[str] = None):
+    """Class-balanced indices of `fraction` of the source; with `path`, the list is read from
+    there when it exists (a resumed or repeated run then trains on the very same examples), else
+    drawn and saved there (`subset_for_run`)."""
+    if source.labels is None or np.any(source.labels < 0):
+        raise ValueError("a label subset needs a labeled source")
+    if path is not None:
+        return _data().subset_for_run(source.labels, path, fraction=fraction, seed=seed)
+    return _balanced(source.labels, fraction, seed)
+
+
+def take(source: Source, index) -> Source:
+    """The examples at `index` (positions in `source`), as a new source that remembers them."""
+    index = np.asarray(index, dtype=np.int64)
+    full = index if source.index is None else source.index[index]
+    labels = None if source.labels is None else source.labels[index]
+    if source.native is not None:
+        return Source(labels, source.num_classes, native=source.native.subset(index), index=full)
+    return Source(labels, source.num_classes, images=source.images[index], index=full)
+
+
+def subset(source: Source, fraction: float, seed: int, path: Optional[str] = None) -> Source:
+    """A class-balanced labeled subset; the whole source when fraction >= 1."""
     if fraction >= 1.0:
         return source
-    if source.native is not None and hasattr(_data(), "label_subset"):
-        index = np.asarray(_data().label_subset(source.labels, fraction=fraction, seed=seed))
-    else:
-        rng = np.random.default_rng(seed)
-        index = np.sort(np.concatenate([
-            rng.permutation(np.flatnonzero(source.labels == c))[
-                :max(1, int(round(fraction * np.sum(source.labels == c))))]
-            for c in np.unique(source.labels)]))
-    native = source.native
-    if native is not None and hasattr(native, "take"):
-        native = native.take(index)
-    return Source(source.images[index] if source.images is not None else None,
-                  source.labels[index], source.num_classes, native, source.synthetic, index)
+    if path is not None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    return take(source, subset_indices(source, fraction, seed, path))
 
 
-def _as_data_arg(source: Source):
+def relabel(source: Source, labels) -> Source:
+    """The same images with other labels (e.g. -1 for the examples outside a label subset)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(labels) != len(source):
+        raise ValueError(f"{len(labels)} labels for {len(source)} examples")
     if source.native is not None:
-        return source.native
-    return source.images, source.labels
-
-
-def _call(fn, source, **kwargs):
-    """Calls a data-package builder with only the keyword arguments it declares."""
-    params = inspect.signature(fn).parameters
-    accepted = {k: v for k, v in kwargs.items() if k in params or any(
-        p.kind == p.VAR_KEYWORD for p in params.values())}
-    return fn(_as_data_arg(source), **accepted)
+        # _tensor (the cached image variable) stays: the images are unchanged.
+        return dataclasses.replace(source, labels=labels,
+                                   native=dataclasses.replace(source.native, labels=labels))
+    return dataclasses.replace(source, labels=labels.astype(np.int32))
 
 
 def _indexed(source: Source, batch_size: int, start_batch: int, seed: int, make_element):
@@ -133,20 +151,25 @@ def _synthetic_view(image, key, image_size):
     return tf.clip_by_value(image + noise, 0.0, 1.0)
 
 
-def pretrain_dataset(source: Source, batch_size, image_size, seed, start_batch=0, **aug):
+def pretrain_dataset(source: Source, batch_size, image_size, seed, start_batch=0,
+                     color_jitter_strength=None):
+    """Endless ((view1, view2), labels). color_jitter_strength None: the data package's rule
+    (0.5 at <= 32 px, 1.0 above)."""
     if source.synthetic:
         return _indexed(source, batch_size, start_batch, seed, lambda x, y, k: (
             (_synthetic_view(x, k * 2, image_size), _synthetic_view(x, k * 2 + 7, image_size)), y))
-    return _call(_data().pretrain_dataset, source, batch_size=batch_size, image_size=image_size,
-                 seed=seed, start_batch=start_batch, **aug)
+    data = _data()
+    config = data.AugmentConfig.pretrain(strength=color_jitter_strength)
+    return data.pretrain_dataset(source.native, batch_size, image_size=image_size, seed=seed,
+                                 start_batch=start_batch, config=config)
 
 
 def finetune_dataset(source: Source, batch_size, image_size, seed, start_batch=0):
     if source.synthetic:
         return _indexed(source, batch_size, start_batch, seed,
                         lambda x, y, k: (_synthetic_view(x, k, image_size), y))
-    return _call(_data().finetune_dataset, source, batch_size=batch_size, image_size=image_size,
-                 seed=seed, start_batch=start_batch)
+    return _data().finetune_dataset(source.native, batch_size, image_size=image_size, seed=seed,
+                                    start_batch=start_batch)
 
 
 def eval_dataset(source: Source, batch_size, image_size):
@@ -154,4 +177,4 @@ def eval_dataset(source: Source, batch_size, image_size):
         images = tf.image.resize(tf.image.convert_image_dtype(source.images, tf.float32),
                                  (image_size, image_size))
         return tf.data.Dataset.from_tensor_slices((images, source.labels)).batch(batch_size)
-    return _call(_data().eval_dataset, source, batch_size=batch_size, image_size=image_size)
+    return _data().eval_dataset(source.native, batch_size, image_size=image_size)

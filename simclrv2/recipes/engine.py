@@ -8,6 +8,7 @@ import os
 import pathlib
 import shutil
 import signal
+import sys
 import threading
 import time
 
@@ -96,23 +97,30 @@ class RunLog:
 
 
 class _SigtermFlag:
-    """SIGTERM asks for a checkpoint and a clean stop after the current step."""
+    """SIGTERM or a first Ctrl-C (SIGINT) asks for a checkpoint and a clean stop after the current
+    step; a second Ctrl-C interrupts at once (KeyboardInterrupt), for a step that hangs."""
 
     def __init__(self):
         self.raised = False
-        self.previous = None
+        self.previous = {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGTERM, self._handle)
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self.previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def _handle(self, signum, frame):
+        if signum == signal.SIGINT and self.raised:
+            raise KeyboardInterrupt
+        if signum == signal.SIGINT:
+            print("\nCtrl-C: stopping after this step and saving a checkpoint (again to abort)",
+                  file=sys.stderr, flush=True)
         self.raised = True
 
     def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
+        for signum, previous in self.previous.items():
+            signal.signal(signum, previous)
 
 
 def checkpoint_dir(model_dir: pathlib.Path, strategy) -> pathlib.Path:

@@ -7,7 +7,6 @@ returned dict also holds the trained Keras model under "model".
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import pathlib
 import time
@@ -135,6 +134,9 @@ def load_network(path):
     """A trained network from a run's model_dir (its latest checkpoint), a .keras file (ours or
     from `simclrv2 convert`) or an exported SavedModel directory (returned as loaded)."""
     import simclrv2.zoo as zoo
+    # The zoo resolves names lazily; the model module must be imported for its class to be
+    # registered with Keras before a .keras file that holds one can be deserialised.
+    import simclrv2.zoo.model  # noqa: F401
 
     path = pathlib.Path(path)
     if path.is_file() and path.suffix == ".keras":
@@ -171,6 +173,15 @@ def _copy_weights(source, target, skip=("head_supervised",)):
                           f"when ft_proj_selector > 0)?")
 
 
+def _subset_file(config, model_dir):
+    """Where a run keeps its label subset (one index per line), named by fraction and seed so
+    that a run dir reused with other settings never trains on a stale list."""
+    if config.label_fraction >= 1.0:
+        return None
+    return str(pathlib.Path(model_dir) / f"label_subset_{config.label_fraction:g}_"
+                                         f"seed{config.label_seed}.txt")
+
+
 def _sync_bn(config, strategy):
     return bool(config.global_bn)
 
@@ -184,8 +195,12 @@ def pretrain(config) -> dict:
     started = time.time()
     strategy, model_dir = _start(config, "pretrain")
     chief = engine.is_chief(strategy)
-    train = data_io.load_labeled(config.dataset, "train", config.data_dir)
-    num_classes = config.num_classes or train.num_classes
+    labeled = data_io.load_labeled(config.dataset, "train", config.data_dir)
+    num_classes = config.num_classes or labeled.num_classes
+    # Without the linear head the contrastive loss never sees a label, so it reads the images as
+    # unlabeled; the labels serve only the kNN monitor's memory bank.
+    train = labeled if config.lineareval_while_pretraining else data_io.load_unlabeled(
+        config.dataset, "train", config.data_dir)
     num_examples = config.num_train_examples or len(train)
     schedule, total = _schedule(config, num_examples)
     with strategy.scope():
@@ -239,8 +254,8 @@ def pretrain(config) -> dict:
                                         color_jitter_strength=config.color_jitter_strength)
 
     test, test_ds = _eval_split(config)
-    bank_source = train if not config.knn_bank_size else data_io.subset(
-        train, min(1.0, config.knn_bank_size / len(train)), config.seed)
+    bank_source = labeled if not config.knn_bank_size else data_io.subset(
+        labeled, min(1.0, config.knn_bank_size / len(labeled)), config.seed)
     bank_ds = data_io.eval_dataset(bank_source, config.eval_batch_size, config.image_size)
 
     def evaluate():
@@ -326,7 +341,8 @@ def finetune(config) -> dict:
     strategy, model_dir = _start(config, "finetune")
     train = data_io.load_labeled(config.dataset, "train", config.data_dir)
     num_classes = config.num_classes or train.num_classes
-    train = data_io.subset(train, config.label_fraction, config.label_seed)
+    train = data_io.subset(train, config.label_fraction, config.label_seed,
+                           _subset_file(config, model_dir))
     source = load_network(config.checkpoint) if config.checkpoint else None
     if source is not None and not hasattr(source, "simclr_config"):
         raise ConfigError(f"{config.checkpoint} is not a SimCLRv2 Keras model; fine-tuning needs "
@@ -363,7 +379,8 @@ def linear_eval(config) -> dict:
     network = load_network(config.checkpoint)
     train = data_io.load_labeled(config.dataset, "train", config.data_dir)
     num_classes = config.num_classes or train.num_classes
-    train = data_io.subset(train, config.label_fraction, config.label_seed)
+    train = data_io.subset(train, config.label_fraction, config.label_seed,
+                           _subset_file(config, model_dir))
     _, test_ds = _eval_split(config)
     features, labels = _predict(network, config.feature, data_io.eval_dataset(
         train, config.eval_batch_size, config.image_size))
@@ -431,17 +448,23 @@ def distill(config) -> dict:
     started = time.time()
     strategy, model_dir = _start(config, "distill")
     chief = engine.is_chief(strategy)
-    train = data_io.load_labeled(config.dataset, "train", config.data_dir)
+    if config.labeled_weight > 0:
+        train = data_io.load_labeled(config.dataset, "train", config.data_dir)
+    else:
+        # The loss is the teacher's soft labels only: the images are read as unlabeled.
+        train = data_io.load_unlabeled(config.dataset, "train", config.data_dir)
     num_classes = config.num_classes or train.num_classes
     if config.labeled_weight > 0 and config.label_fraction < 1:
         # Unlabeled examples keep their images but get label -1, which the labeled loss skips.
-        labeled = data_io.subset(train, config.label_fraction, config.label_seed)
         keep = np.zeros(len(train), bool)
-        keep[labeled.index] = True
-        train = dataclasses.replace(train, labels=np.where(keep, train.labels, -1))
+        keep[data_io.subset_indices(train, config.label_fraction, config.label_seed,
+                                    _subset_file(config, model_dir))] = True
+        train = data_io.relabel(train, np.where(keep, train.labels, -1))
     with strategy.scope():
         teacher = load_network(config.teacher)
         teacher_logits = _teacher_fn(teacher)
+        if not num_classes and isinstance(teacher, keras.Model):
+            num_classes = teacher.simclr_config.num_classes  # unlabeled folders have no count
         student = zoo.build(config.student, num_classes=num_classes,
                             include_projection_head=config.student_proj_head,
                             ft_proj_selector=1 if config.student_proj_head else 0,
