@@ -212,6 +212,7 @@ class _Graph:
     """
 
     def __init__(self, model, image_size, temperature):
+        import keras
         import tensorflow as tf
 
         self.model, self.size, self.temperature = model, image_size, float(temperature)
@@ -226,25 +227,44 @@ class _Graph:
         self.trainable = [snapshot(v, v.path.startswith(head) and v.trainable)
                           for v in model.trainable_variables]
         self.non_trainable = [snapshot(v, False) for v in model.non_trainable_variables]
+        self._snapshot = {id(v): s for v, s in zip(
+            model.trainable_variables + model.non_trainable_variables,
+            self.trainable + self.non_trainable)}
         self.head_paths = sorted(v.path for v in model.trainable_variables
                                  if v.path.startswith(head) and v.trainable) if head else []
         self.images_spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32,
                                          name="images")
+        # One traced sub-network per part, called by the signatures: each signature captures
+        # only the variables it reads (so TFSMLayer(features) holds no head weights), and the
+        # backbone is traced 3 times rather than once per signature (saving was 2x slower).
+        from simclrv2.zoo.resnet import BACKBONE_ENDPOINTS
+
+        outputs = model.output
+        parts = {"backbone": [k for k in BACKBONE_ENDPOINTS if k in outputs]}
+        if self.has_projection:
+            parts["projection"] = ["proj_head_output"]
+        if self.has_logits:
+            parts["logits"] = ["logits_sup"]
+        self.parts = {}
+        for part, keys in parts.items():
+            sub = keras.Model(model.inputs, {k: outputs[k] for k in keys}, name=f"export_{part}")
+            self.parts[part] = tf.function(
+                lambda images, sub=sub: self._run(sub, images),
+                input_signature=[self.images_spec], autograph=False)
         self.functions, self.skipped = self._functions()
 
-    def outputs(self, images):
+    def _run(self, sub, images):
         import tensorflow as tf
 
+        trainable = [self._snapshot[id(v)] for v in sub.trainable_variables]
+        non_trainable = [self._snapshot[id(v)] for v in sub.non_trainable_variables]
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="The structure of `inputs`")
-            out, _ = self.model.stateless_call(self.trainable, self.non_trainable, images,
-                                               training=False)
+            out, _ = sub.stateless_call(trainable, non_trainable, images, training=False)
         return {k: tf.cast(v, tf.float32) for k, v in out.items()}
 
     def _functions(self):
         import tensorflow as tf
-
-        from simclrv2.zoo.resnet import BACKBONE_ENDPOINTS
 
         spec = self.images_spec
         fns, skipped = {}, {}
@@ -255,19 +275,19 @@ class _Graph:
         if self.has_logits:
             @fn([spec])
             def serving_default(images):
-                logits = self.outputs(images)["logits_sup"]
+                logits = self.parts["logits"](images)["logits_sup"]
                 return {"logits": logits, "probabilities": tf.nn.softmax(logits)}
 
             @fn([spec])
             def finetune(images):
-                return {"logits": self.outputs(images)["logits_sup"]}
+                return {"logits": self.parts["logits"](images)["logits_sup"]}
 
             @fn([spec, tf.TensorSpec([], tf.float32, name="temperature")])
             def distill(images, temperature):
                 check = tf.debugging.assert_positive(
                     temperature, message="distill: temperature must be > 0")
                 with tf.control_dependencies([check]):
-                    logits = self.outputs(images)["logits_sup"]
+                    logits = self.parts["logits"](images)["logits_sup"]
                     return {"soft_targets": tf.nn.softmax(logits / temperature)}
 
             @fn([tf.TensorSpec([None], tf.string, name="image_bytes")])
@@ -285,13 +305,13 @@ class _Graph:
 
         @fn([spec])
         def features(images):
-            return {"final_avg_pool": self.outputs(images)["final_avg_pool"]}
+            return {"final_avg_pool": self.parts["backbone"](images)["final_avg_pool"]}
 
         fns["features"] = features
         if self.has_projection:
             @fn([spec])
             def projection(images):
-                return {"proj_head_output": self.outputs(images)["proj_head_output"]}
+                return {"proj_head_output": self.parts["projection"](images)["proj_head_output"]}
 
             fns["projection"] = projection
         else:
@@ -299,18 +319,24 @@ class _Graph:
 
         @fn([spec])
         def hidden(images):
-            out = self.outputs(images)
-            return {k: out[k] for k in BACKBONE_ENDPOINTS if k in out}
+            return dict(self.parts["backbone"](images))
 
         fns["hidden"] = hidden
         return fns, skipped
 
     def onnx_function(self):
+        import keras
         import tensorflow as tf
+
+        keys = ["final_avg_pool"] + ["proj_head_output"] * self.has_projection + [
+            "logits_sup"] * self.has_logits
+        # One network with every output: ONNX Runtime would not merge the backbones of parts.
+        whole = keras.Model(self.model.inputs, {k: self.model.output[k] for k in keys},
+                            name="export_onnx")
 
         @tf.function(input_signature=[self.images_spec], autograph=False)
         def onnx_outputs(images):
-            out = self.outputs(images)
+            out = self._run(whole, images)
             result = {"final_avg_pool": out["final_avg_pool"]}
             if self.has_logits:
                 result.update(logits=out["logits_sup"],
