@@ -56,9 +56,10 @@ def _no_leftovers(parent):
 
 @pytest.fixture(scope="module")
 def r18(tmp_path_factory):
-    """ResNet-18 CIFAR with heads, exported in every format."""
+    """ResNet-18 with the CIFAR stem and heads, exported in every format; 40 px so that
+    serving_bytes crops (no crop at 32 px or less)."""
     keras.utils.set_random_seed(0)
-    model = zoo.build("r18_0.125x_sk0", num_classes=10, input_shape=(32, 32, 3))
+    model = zoo.build("r18_0.125x_sk0", num_classes=10, input_shape=(40, 40, 3), cifar_stem=True)
     out = tmp_path_factory.mktemp("r18") / "export"
     report = export_model(model, out, stage="finetune", provenance={"note": "test"})
     return model, out, report
@@ -66,11 +67,11 @@ def r18(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def r50sk(tmp_path_factory):
-    """ResNet-50 with SK at 64 px (so serving_bytes crops), SavedModel + ONNX."""
+    """ResNet-50 with SK at 64 px, ONNX only (its SavedModel path is the same code as r18's)."""
     keras.utils.set_random_seed(1)
     model = zoo.build("r50_0.125x_sk1", num_classes=5, input_shape=(64, 64, 3))
     out = tmp_path_factory.mktemp("r50sk") / "export"
-    report = export_model(model, out, formats="savedmodel,onnx")
+    report = export_model(model, out, formats="onnx")
     return model, out, report
 
 
@@ -86,10 +87,10 @@ def test_directory_layout_config_and_checksums(r18):
     config = json.loads((out / "config.json").read_text())
     assert config == {k: v for k, v in report.items() if k not in ("out_dir", "files")}
     assert config["architecture"] == "r18_0.125x_sk0" and config["stage"] == "finetune"
-    assert config["classes"]["num_classes"] == 10 and config["image_size"] == 32
+    assert config["classes"]["num_classes"] == 10 and config["image_size"] == 40
     assert config["model_config"]["cifar_stem"] is True
     assert config["provenance"]["note"] == "test"
-    assert config["preprocessing"]["crop_proportion"] == 1.0  # no crop at 32 px
+    assert config["preprocessing"]["crop_proportion"] == 0.875
     assert set(config["signatures"]) == {"serving_default", "features", "projection", "hidden",
                                          "finetune", "distill", "serving_bytes"}
     assert config["skipped_signatures"] == {}
@@ -117,7 +118,7 @@ def test_onnx_metadata_opset_and_dynamic_batch(r18):
     assert props["architecture"] == "r18_0.125x_sk0" and props["stage"] == "finetune"
     assert props["input_range"] == "[0, 1]" and "bicubic" in props["preprocessing"]
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
-    x = _images(5, 32)
+    x = _images(5, 40)
     got, ref = _onnx_outputs(out / "model.onnx", x), _keras(model, x)
     assert _rel(got["logits"], ref["logits_sup"]) <= TOL
     assert _rel(got["probabilities"], _softmax(ref["logits_sup"])) <= TOL
@@ -130,7 +131,7 @@ def test_onnx_metadata_opset_and_dynamic_batch(r18):
 def test_saved_model_signatures_match_keras_on_new_batch(r18):
     model, out, _ = r18
     loaded = tf.saved_model.load(str(out / "saved_model"))
-    x = _images(5, 32, seed=3)
+    x = _images(5, 40, seed=3)
     ref = _keras(model, x)
     sig = loaded.signatures
     serving = sig["serving_default"](images=tf.constant(x))
@@ -154,11 +155,12 @@ def test_finetune_signature_trains_only_the_head(r18):
     # ft_proj_selector=1: projection layer 0 (dense kernel, bn gamma/beta) + supervised head.
     assert len(report["finetune_trainable_variables"]) == 5
     assert len(layer.trainable_weights) == 5
-    inputs = keras.Input((32, 32, 3))
+    inputs = keras.Input((40, 40, 3))
     tuned = keras.Model(inputs, layer(inputs)["logits"])
     tuned.compile(optimizer=keras.optimizers.SGD(0.5),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    x, y = _images(16, 32, seed=5), np.arange(16) % 10
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  jit_compile=False)  # XLA compiling costs more than these few steps
+    x, y = _images(16, 40, seed=5), np.arange(16) % 10
     before = [w.numpy().copy() for w in layer.trainable_weights]
     frozen = [w.numpy().copy() for w in layer.non_trainable_weights[:3]]
     first = tuned.evaluate(x, y, verbose=0)
@@ -171,14 +173,15 @@ def test_finetune_signature_trains_only_the_head(r18):
 def test_tfsm_features_layer_inside_new_model_trains_with_fit(r18):
     _, out, _ = r18
     features = keras.layers.TFSMLayer(str(out / "saved_model"), call_endpoint="features")
-    inputs = keras.Input((32, 32, 3))
+    inputs = keras.Input((40, 40, 3))
     head = keras.layers.Dense(3)
     new = keras.Model(inputs, head(features(inputs)["final_avg_pool"]))
     new.compile(optimizer=keras.optimizers.Adam(0.05),
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  jit_compile=False)  # XLA compiling costs more than these few steps
     # The backbone is exported frozen: only the new Dense trains, with a slot optimizer.
     assert features.trainable_weights == [] and len(new.trainable_weights) == 2
-    x, y = _images(12, 32, seed=6), np.arange(12) % 3
+    x, y = _images(12, 40, seed=6), np.arange(12) % 3
     before = head.kernel.numpy().copy()
     first = new.evaluate(x, y, verbose=0)
     new.fit(x, y, batch_size=12, epochs=10, verbose=0)
@@ -189,15 +192,16 @@ def test_tfsm_features_layer_inside_new_model_trains_with_fit(r18):
 def test_model_keras_loads_in_safe_mode_and_finetunes(r18):
     model, out, _ = r18
     loaded = keras.saving.load_model(str(out / "model.keras"), safe_mode=True)
-    x = _images(8, 32, seed=9)
+    x = _images(8, 40, seed=9)
     ref, got = _keras(model, x), _keras(loaded, x)
     assert set(got) == set(ref) and _rel(got["logits_sup"], ref["logits_sup"]) == 0
     classifier = zoo.classifier_model(loaded)
     classifier.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
-                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  jit_compile=False)  # XLA compiling costs more than these few steps
     y = np.arange(8) % 10
     first = classifier.evaluate(x, y, verbose=0)
-    classifier.fit(x, y, batch_size=8, epochs=5, verbose=0)
+    classifier.fit(x, y, batch_size=8, epochs=3, verbose=0)
     assert classifier.evaluate(x, y, verbose=0) < first
 
 
@@ -205,7 +209,7 @@ def test_model_keras_loads_in_safe_mode_and_finetunes(r18):
 
 def test_r50_sk_onnx_matches_keras(r50sk):
     model, out, report = r50sk
-    assert report["formats"] == ["savedmodel", "onnx"] and not (out / "model.keras").exists()
+    assert report["formats"] == ["onnx"] and not (out / "model.keras").exists()
     x = _images(4, 64, seed=2)
     got, ref = _onnx_outputs(out / "model.onnx", x), _keras(model, x)
     for name, key in (("logits", "logits_sup"), ("final_avg_pool", "final_avg_pool"),
@@ -213,22 +217,22 @@ def test_r50_sk_onnx_matches_keras(r50sk):
         assert _rel(got[name], ref[key]) <= TOL, name
 
 
-def test_serving_bytes_on_jpeg_files_matches_eval_pipeline(r50sk, tmp_path):
+def test_serving_bytes_on_jpeg_files_matches_eval_pipeline(r18, tmp_path):
     from PIL import Image
 
     from simclrv2.data import eval_dataset, load_labeled
 
-    model, out, _ = r50sk
+    model, out, _ = r18
     rng = np.random.default_rng(4)
-    for i, (h, w) in enumerate([(64, 64), (80, 100), (120, 70), (47, 66)]):
+    for i, (h, w) in enumerate([(40, 40), (50, 64), (90, 45), (31, 47)]):
         folder = tmp_path / "images" / f"class{i % 2}"
         folder.mkdir(parents=True, exist_ok=True)
         # Smooth images: JPEG of pure noise is mostly artefacts, a weak test of the resize.
         base = rng.uniform(0, 255, (4, 4, 3)).astype(np.uint8)
         Image.fromarray(base).resize((w, h), Image.BILINEAR).save(folder / f"{i}.jpg", quality=90)
     source = load_labeled(f"folder:{tmp_path / 'images'}")
-    images = np.concatenate([b.numpy() for b, _ in eval_dataset(source, 8, image_size=64)])
-    assert images.shape == (4, 64, 64, 3)
+    images = np.concatenate([b.numpy() for b, _ in eval_dataset(source, 8, image_size=40)])
+    assert images.shape == (4, 40, 40, 3)
     ref = _keras(model, images)["logits_sup"]
     encoded = [open(p, "rb").read() for p in source.paths]
     loaded = tf.saved_model.load(str(out / "saved_model"))
@@ -240,7 +244,7 @@ def test_serving_bytes_on_jpeg_files_matches_eval_pipeline(r50sk, tmp_path):
 # --------------------------------------------------------------------------- official format
 
 def test_official_savedmodel_to_onnx(tmp_path):
-    official = write_official_saved_model(tmp_path / "official", depth=18, width=0.25, sk=False,
+    official = write_official_saved_model(tmp_path / "official", depth=18, width=0.125, sk=False,
                                           cifar_stem=True, num_classes=6, head="finetuned",
                                           seed=4, traced=(False,))
     out = tmp_path / "export"

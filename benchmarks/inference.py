@@ -1,0 +1,101 @@
+"""Inference speed of one exported model: Keras vs the SavedModel vs onnxruntime, same process.
+
+    python benchmarks/inference.py            # r50_1x_sk1, 224 px, batch 8 (minutes on 2 cores)
+    python benchmarks/inference.py --quick    # r50_0.25x_sk1, 128 px: a smoke run
+
+Prints the export wall time, images/s of Keras `predict_on_batch`, the SavedModel's
+`serving_default` signature and onnxruntime on `model.onnx`, and the ratio ORT / SavedModel.
+Weights are random (the speed does not depend on them). Each runtime gets `--warmup` untimed
+calls, then the median of `--repeats` timed rounds of `--iters` calls.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+
+def _rate(fn, batch, warmup, iters, repeats):
+    for _ in range(warmup):
+        fn()
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        rates.append(batch * iters / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="r50_0.25x_sk1 at 128 px")
+    p.add_argument("--model", default=None, help="zoo architecture (default r50_1x_sk1)")
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--threads", type=int, default=0,
+                   help="intra-op threads for TF and ORT (0: all cores)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--iters", type=int, default=None)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", default=None, help="export directory (default: a temporary one)")
+    args = p.parse_args(argv)
+    name = args.model or ("r50_0.25x_sk1" if args.quick else "r50_1x_sk1")
+    size = args.image_size or (128 if args.quick else 224)
+    iters = args.iters or (5 if args.quick else 4)
+
+    import numpy as np
+    import tensorflow as tf
+
+    threads = args.threads or os.cpu_count()
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    import onnxruntime as ort
+
+    import simclrv2.zoo as zoo
+    from simclrv2.export import export_model
+
+    model = zoo.build(name, num_classes=1000, input_shape=(size, size, 3))
+    x = np.random.default_rng(0).uniform(0, 1, (args.batch, size, size, 3)).astype(np.float32)
+    tmp = tempfile.TemporaryDirectory() if args.out is None else None
+    out = args.out or os.path.join(tmp.name, "export")
+    start = time.perf_counter()
+    report = export_model(model, out, formats=("savedmodel", "onnx"), stage="benchmark",
+                          overwrite=True)
+    export_s = time.perf_counter() - start
+
+    classifier = zoo.classifier_model(model)
+    keras_rate = _rate(lambda: classifier.predict_on_batch(x), args.batch, args.warmup, iters,
+                       args.repeats)
+    serving = tf.saved_model.load(os.path.join(out, "saved_model")).signatures["serving_default"]
+    xt = tf.constant(x)
+    sm_rate = _rate(lambda: serving(images=xt)["logits"].numpy(), args.batch, args.warmup, iters,
+                    args.repeats)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(os.path.join(out, "model.onnx"), options,
+                                   providers=["CPUExecutionProvider"])
+    ort_rate = _rate(lambda: session.run(["logits"], {"images": x}), args.batch, args.warmup,
+                     iters, args.repeats)
+
+    print(f"model {name} at {size} px, batch {args.batch}, {threads} threads, "
+          f"tensorflow {tf.__version__}, onnxruntime {ort.__version__}")
+    print(f"export (SavedModel + ONNX, verified): {export_s:.1f} s; max relative difference "
+          f"{report['verification']['max_relative_difference']:.2g}")
+    print(f"keras predict_on_batch : {keras_rate:8.1f} images/s")
+    print(f"SavedModel serving     : {sm_rate:8.1f} images/s")
+    print(f"onnxruntime            : {ort_rate:8.1f} images/s")
+    print(f"ratio ORT / SavedModel : {ort_rate / sm_rate:.2f}x")
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
