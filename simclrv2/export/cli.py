@@ -46,7 +46,9 @@ def export_main(argv=None) -> int:
     except VerificationError as e:
         print(f"simclrv2 export: verification failed: {e}", file=sys.stderr)
         return 1
-    except (ExportError, FileNotFoundError) as e:
+    except (ExportError, ValueError, OSError) as e:
+        # ValueError: the importer's and recipe loader's refusals (not an official SavedModel,
+        # mismatching variables, no checkpoint yet) already say what is wrong.
         print(f"simclrv2 export: error: {e}", file=sys.stderr)
         return 2
     ver = report["verification"]
