@@ -132,6 +132,16 @@ def checkpoint_dir(model_dir: pathlib.Path, strategy) -> pathlib.Path:
     return model_dir / f"scratch_{resolver.task_type}_{resolver.task_id}" / "checkpoints"
 
 
+def model_variables(model) -> dict:
+    """Every variable of a Keras 3 model by path, as a checkpoint trackable.
+
+    tf.train.Checkpoint(model=keras_model) tracks nothing of a Keras 3 model: trainable weights
+    were saved only through the optimizer's references and BatchNorm moving statistics not at
+    all, so a restore left the network at its initial values. A dict keyed by variable path
+    tracks each variable explicitly."""
+    return {v.path: v for v in model.weights}
+
+
 def train_loop(*, config, strategy, model_dir, trackables, optimizer, replica_step, dataset_fn,
                total_steps, eval_fn=None, eval_steps=0, log=None):
     """Runs replica_step on distributed batches from `dataset_fn(start_batch)` until total_steps.
@@ -142,7 +152,9 @@ def train_loop(*, config, strategy, model_dir, trackables, optimizer, replica_st
     """
     model_dir = pathlib.Path(model_dir)
     chief = is_chief(strategy)
-    ckpt = tf.train.Checkpoint(optimizer=optimizer, **trackables)
+    ckpt = tf.train.Checkpoint(optimizer=optimizer, **{
+        name: model_variables(t) if isinstance(t, keras.Model) else t
+        for name, t in trackables.items()})
     directory = checkpoint_dir(model_dir, strategy)
     manager = tf.train.CheckpointManager(ckpt, str(directory), max_to_keep=config.keep_checkpoints,
                                          checkpoint_name="ckpt")

@@ -147,7 +147,9 @@ def load_network(path):
         latest = tf.train.latest_checkpoint(str(path / "checkpoints"))
         if latest is None:
             raise ConfigError(f"{path} holds no checkpoint yet (checkpoints/ is empty)")
-        tf.train.Checkpoint(model=model).restore(latest).expect_partial()
+        status = tf.train.Checkpoint(model=engine.model_variables(model)).restore(latest)
+        status.expect_partial()  # the optimizer's slots are not wanted here
+        status.assert_existing_objects_matched()
         return model
     if (path / "saved_model.pb").is_file():
         return tf.saved_model.load(str(path))
