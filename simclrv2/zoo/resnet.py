@@ -42,6 +42,26 @@ class Stem(keras.layers.Layer):
         self.max_pool = None if cifar_stem else keras.layers.MaxPooling2D(3, 2, padding="same",
                                                                          name="max_pool")
 
+    # Explicit shapes: without them Keras traces `call` to infer shapes at every nesting level,
+    # which made building a ResNet-50 take minutes under the JAX backend.
+    def build(self, input_shape):
+        shape = input_shape
+        for conv, bn in zip(self.convs, self.bns):
+            conv.build(shape)
+            shape = conv.compute_output_shape(shape)
+            bn.build(shape)
+        if self.max_pool is not None:
+            self.max_pool.build(shape)
+
+    def compute_output_shape(self, input_shape):
+        shape = input_shape
+        for conv in self.convs:
+            shape = conv.compute_output_shape(shape)
+        initial_conv = tuple(shape)
+        if self.max_pool is not None:
+            shape = self.max_pool.compute_output_shape(shape)
+        return initial_conv, tuple(shape)
+
     def call(self, inputs, training=None):
         x = inputs
         initial_conv = None
@@ -58,6 +78,14 @@ class Stem(keras.layers.Layer):
         config.update(width=self.width, sk=self.sk, cifar_stem=self.cifar_stem,
                       sync_batch_norm=self.sync_batch_norm)
         return config
+
+
+def _padded(shape, extra):
+    shape = list(shape)
+    for axis in (1, 2):
+        if shape[axis] is not None:
+            shape[axis] += extra
+    return tuple(shape)
 
 
 class _ResidualBlockBase(keras.layers.Layer):
@@ -85,6 +113,31 @@ class _ResidualBlockBase(keras.layers.Layer):
             else:
                 self.shortcut_conv = FixedPaddingConv2D(out, 1, self.strides, name="shortcut_conv")
             self.shortcut_bn = batch_norm("shortcut_bn", synchronized=self.sync_batch_norm)
+
+    def _main_branch(self):
+        """(layer, is_conv) pairs of the residual branch in order, for shape bookkeeping."""
+        raise NotImplementedError
+
+    def build(self, input_shape):
+        if self.use_projection:
+            shape = input_shape
+            if self.shortcut_pool is not None:
+                if self.strides > 1:
+                    shape = _padded(shape, 1)
+                self.shortcut_pool.build(shape)
+                shape = self.shortcut_pool.compute_output_shape(shape)
+            self.shortcut_conv.build(shape)
+            self.shortcut_bn.build(self.shortcut_conv.compute_output_shape(shape))
+        shape = input_shape
+        for layer in self._main_branch():
+            layer.build(shape)
+            shape = layer.compute_output_shape(shape)
+
+    def compute_output_shape(self, input_shape):
+        shape = input_shape
+        for layer in self._main_branch():
+            shape = layer.compute_output_shape(shape)
+        return tuple(shape)
 
     def _shortcut(self, inputs, training):
         if not self.use_projection:
@@ -118,6 +171,9 @@ class BasicBlock(_ResidualBlockBase):
         # gamma = 0: every residual block starts as the identity (Goyal et al. 2017).
         self.bn2 = batch_norm("bn2", zero_gamma=True, synchronized=sync)
 
+    def _main_branch(self):
+        return [self.conv1, self.bn1, self.conv2, self.bn2]
+
     def call(self, inputs, training=None):
         shortcut = self._shortcut(inputs, training)
         x = ops.relu(self.bn1(self.conv1(inputs), training=training))
@@ -144,6 +200,10 @@ class BottleneckBlock(_ResidualBlockBase):
             self.bn2 = batch_norm("bn2", synchronized=sync)
         self.conv3 = FixedPaddingConv2D(4 * self.filters, 1, 1, name="conv3")
         self.bn3 = batch_norm("bn3", zero_gamma=True, synchronized=sync)
+
+    def _main_branch(self):
+        middle = [self.sk_conv] if self.sk else [self.conv2, self.bn2]
+        return [self.conv1, self.bn1, *middle, self.conv3, self.bn3]
 
     def call(self, inputs, training=None):
         shortcut = self._shortcut(inputs, training)
@@ -176,6 +236,18 @@ class BlockGroup(keras.layers.Layer):
                         name=f"block{i + 1}")
             for i in range(self.num_blocks)
         ]
+
+    def build(self, input_shape):
+        shape = input_shape
+        for block in self.blocks:
+            block.build(shape)
+            shape = block.compute_output_shape(shape)
+
+    def compute_output_shape(self, input_shape):
+        shape = input_shape
+        for block in self.blocks:
+            shape = block.compute_output_shape(shape)
+        return tuple(shape)
 
     def call(self, inputs, training=None):
         x = inputs
