@@ -6,13 +6,16 @@ bicubic resize, flip, colour jitter (random order) with p=0.8, grayscale p=0.2, 
 then batch. Upstream blurs later, in the training step (one sigma per batch); the "+ blur" rows
 add that same batch blur to the baseline, and this package's per-image-sigma blur to ours.
 
-    .venv/bin/python benchmarks/augment.py [--batch 64] [--batches 6] [--no-model]
+Every pipeline is timed `--reps` times, interleaved with the others, on a fresh iterator each
+time; medians are printed, with the CPU time per image (steadier than images/s on a shared host).
+
+    .venv/bin/python benchmarks/augment.py [--batch 64] [--batches 6] [--reps 3] [--no-model]
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import gc
 import time
 
 import numpy as np
@@ -99,14 +102,22 @@ def baseline_dataset(source: Source, batch: int, size: int, blur: bool) -> tf.da
 
 # ---------------------------------------------------------------------------------------------
 
-def images_per_second(ds: tf.data.Dataset, batch: int, batches: int) -> float:
+def measure(ds: tf.data.Dataset, batch: int, batches: int):
+    """(two-view images per second, CPU ms per two-view image) over `batches` batches of a fresh
+    iterator, after two warm-up batches (graph building, first fill of the buffers). CPU time is
+    the whole process's, so it also counts work other pipelines' threads do meanwhile (none:
+    each iterator is dropped before the next is made); on a shared host it moves less than the
+    wall-clock rate."""
     it = iter(ds)
-    next(it)  # graph building and the first fill of the prefetch buffers are not throughput
     next(it)
-    start = time.perf_counter()
+    next(it)
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(batches):
         next(it)
-    return batch * batches / (time.perf_counter() - start)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    del it
+    gc.collect()
+    return batch * batches / wall, 1e3 * cpu / (batch * batches)
 
 
 def model_step_images_per_second(batch: int, steps: int):
@@ -142,6 +153,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--batches", type=int, default=6, help="timed batches per pipeline at 224 px")
+    parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions; medians are printed")
     parser.add_argument("--model-batch", type=int, default=8, help="two-view images per model step")
     parser.add_argument("--no-model", action="store_true")
     args = parser.parse_args(argv)
@@ -151,21 +163,29 @@ def main(argv=None) -> int:
     results = {}
     for side, size, batches in ((256, 224, args.batches), (32, 32, args.batches * 8)):
         source = synthetic_source(4 * args.batch if side > 32 else 50 * args.batch, side)
-        print(f"\n{size} px from {side} px uint8 sources:")
+        print(f"\n{size} px from {side} px uint8 sources ({args.reps} interleaved repetitions of "
+              f"{batches} batches; median images/s, median CPU ms per two-view image):")
         rows = [("baseline per-image (upstream input fn, no blur)", baseline_dataset(source, args.batch, size, False)),
                 ("simclrv2.data, no blur", pretrain_dataset(source, args.batch, size, seed=0,
                                                             config=AugmentConfig(blur_prob=0.0)))]
         if size > 32:
             rows += [("baseline per-image + upstream batch blur", baseline_dataset(source, args.batch, size, True)),
                      ("simclrv2.data, default (blur p=0.5)", pretrain_dataset(source, args.batch, size, seed=0))]
-        measured = {}
-        for name, ds in rows:
-            measured[name] = images_per_second(ds, args.batch, batches)
-            print(f"  {name:<50s} {measured[name]:8.1f}")
+        runs = {name: [] for name, _ in rows}
+        for _ in range(args.reps):  # interleaved, so that a load change on the host hits every row
+            for name, ds in rows:
+                runs[name].append(measure(ds, args.batch, batches))
+        measured, cpu = {}, {}
+        for name, _ in rows:
+            measured[name] = float(np.median([r[0] for r in runs[name]]))
+            cpu[name] = float(np.median([r[1] for r in runs[name]]))
+            print(f"  {name:<50s} {measured[name]:8.1f} img/s {cpu[name]:7.2f} CPU ms/img   "
+                  f"(runs: {', '.join(f'{r[0]:.0f}' for r in runs[name])})")
         names = [n for n, _ in rows]
-        print(f"  speed-up without blur: {measured[names[1]] / measured[names[0]]:.2f}x")
-        if size > 32:
-            print(f"  speed-up with blur:    {measured[names[3]] / measured[names[2]]:.2f}x")
+        pairs = [("without blur", names[0], names[1])] + ([("with blur", names[2], names[3])] if size > 32 else [])
+        for label, base, ours in pairs:
+            print(f"  ours / baseline {label + ':':<13s} {measured[ours] / measured[base]:.2f}x images/s, "
+                  f"{cpu[base] / cpu[ours]:.2f}x less CPU per image")
         results[size] = measured
 
     if not args.no_model:

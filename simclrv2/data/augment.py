@@ -5,11 +5,12 @@ Every random number an element uses comes from one `tf.random.stateless_uniform`
 in, on threads, or on where the pipeline started, which is what lets a killed run resume at
 batch k and see the very same images.
 
-The ops run per image (see `color_jitter_image` for why batching did not pay on CPU); the two
-views of an image share one `crop_and_resize` call, which also does the flip.
+The ops run per image (see `color_jitter_image` for why batching did not pay on CPU); each view
+is a slice of the uint8 source, mirrored while still uint8 and small, then resized bilinearly
+(`crop_resize_view`).
 
 Differences from the official `data_util.py` (documented in docs/data.md):
-- crops are resized bilinearly by `tf.image.crop_and_resize` (upstream: bicubic `tf.image.resize`);
+- crops are resized bilinearly (`ResizeBilinear`, half-pixel centres; upstream: bicubic `tf.image.resize`);
 - the crop box is drawn like torchvision's RandomResizedCrop (area uniform, log-uniform aspect,
   `crop_attempts` tries, then a centre crop), not by `sample_distorted_bounding_box`;
 - the blur is applied in the input pipeline with one sigma per image (upstream: in the training
@@ -226,6 +227,24 @@ def crop_resize_batch(images: tf.Tensor, windows: tf.Tensor, box_indices: tf.Ten
     return out
 
 
+def crop_resize_view(image: tf.Tensor, window: tf.Tensor, flip: tf.Tensor, size: int) -> tf.Tensor:
+    """One view: the `window` (y, x, h, w) of `image` [H, W, C] (any dtype), mirrored when `flip`,
+    resized bilinearly (half-pixel centres) to `size`; float32, in [0, 1] for uint8 images.
+
+    Slicing the uint8 source and resizing it with `ResizeBilinear` (which reads uint8 and
+    writes float) is about 3x cheaper per view at 224 px than `crop_and_resize` (profiled:
+    0.5 ms against 1.6 ms on one core); the mirror is a reverse of the small uint8 crop.
+    """
+    y, x, h, w = tf.unstack(window)
+    crop = image[y:y + h, x:x + w]
+    crop = tf.cond(flip, lambda: tf.reverse(crop, [1]), lambda: crop)
+    out = tf.raw_ops.ResizeBilinear(images=crop[None], size=[size, size], align_corners=False,
+                                    half_pixel_centers=True)[0]
+    if image.dtype == tf.uint8:
+        out = out * (1.0 / 255.0)
+    return out
+
+
 def color_jitter_image(x: tf.Tensor, p: dict, cfg: AugmentConfig) -> tf.Tensor:
     """Brightness (multiplicative, as SimCLR v2), contrast, saturation, hue in the view's own
     random order, clipping after each, with the factors drawn in `draw_params`.
@@ -236,13 +255,15 @@ def color_jitter_image(x: tf.Tensor, p: dict, cfg: AugmentConfig) -> tf.Tensor:
     """
     ops = []
     if cfg.brightness > 0:
-        ops.append((0, lambda y: y * p["brightness"]))
+        ops.append((0, lambda y: y * p["brightness"], True))
     if cfg.contrast > 0:
-        ops.append((1, lambda y: tf.image.adjust_contrast(y, p["contrast"])))
+        ops.append((1, lambda y: tf.image.adjust_contrast(y, p["contrast"]), True))
+    # Saturation and hue keep the HSV value (the channel max) and scale S within [0, 1], so their
+    # output is already in [0, 1]: only brightness and contrast need the clip (one pass less).
     if cfg.saturation > 0:
-        ops.append((2, lambda y: tf.image.adjust_saturation(y, p["saturation"])))
+        ops.append((2, lambda y: tf.image.adjust_saturation(y, p["saturation"]), False))
     if cfg.hue > 0:
-        ops.append((3, lambda y: tf.image.adjust_hue(y, p["hue"])))
+        ops.append((3, lambda y: tf.image.adjust_hue(y, p["hue"]), False))
     if not ops:
         return x
     order = tf.argsort(p["order_keys"]) if cfg.random_order else tf.range(4)
@@ -250,8 +271,9 @@ def color_jitter_image(x: tf.Tensor, p: dict, cfg: AugmentConfig) -> tf.Tensor:
     def jitter(y):
         for step in range(4):
             fns = [(lambda y=y: y)] * 4
-            for k, fn in ops:
-                fns[k] = (lambda fn=fn, y=y: tf.clip_by_value(fn(y), 0.0, 1.0))
+            for k, fn, clip in ops:
+                fns[k] = ((lambda fn=fn, y=y: tf.clip_by_value(fn(y), 0.0, 1.0)) if clip
+                          else (lambda fn=fn, y=y: fn(y)))
             y = tf.switch_case(order[step], fns)
         return y
 
@@ -259,6 +281,7 @@ def color_jitter_image(x: tf.Tensor, p: dict, cfg: AugmentConfig) -> tf.Tensor:
 
 
 def grayscale_image(x: tf.Tensor) -> tf.Tensor:
+    # profiled against a [HW, 3] x [3, 1] matmul and a 1x1 conv: no alternative was clearly cheaper
     return tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(x))
 
 

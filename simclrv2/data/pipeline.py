@@ -85,10 +85,11 @@ def _options(ds: tf.data.Dataset) -> tf.data.Dataset:
 
 def _augmented(source: Source, batch_size: int, image_size: int, seed: int, start_batch: int,
                cfg: aug.AugmentConfig, num_views: int, shuffle: bool = True) -> tf.data.Dataset:
-    """Batches of (images [B, V, S, S, 3] float32, labels [B]).
+    """Batches of (views, labels [B]): views a V-tuple of float32 [B, S, S, 3] (one tensor when
+    V = 1).
 
     Each element is augmented on its own inside one parallel map (see color_jitter_image for why
-    per image beats per batch on CPU); its views share one crop_and_resize call.
+    per image beats per batch on CPU); each view is sliced and resized from the uint8 source.
     """
     seed = int(seed)
     size = image_size
@@ -97,15 +98,18 @@ def _augmented(source: Source, batch_size: int, image_size: int, seed: int, star
         params = aug.draw_params(aug.element_key(seed, pos), cfg, num_views)
         shape = tf.shape(image)
         windows = aug.crop_windows(params, shape[0], shape[1], cfg)
-        views = aug.crop_resize_batch(image[None], windows, tf.zeros([num_views], tf.int32),
-                                      params["flip"], size)
-        if views.shape[-1] == 1:
-            views = tf.image.grayscale_to_rgb(views)
-        views.set_shape([num_views, size, size, 3])
-        if cfg.uses_color:
-            views = tf.stack([aug.color_image(views[v], {k: t[v] for k, t in params.items()}, cfg)
-                              for v in range(num_views)])
-        return views, label
+        views = []
+        for v in range(num_views):
+            view = aug.crop_resize_view(image, windows[v], params["flip"][v], size)
+            if view.shape[-1] == 1:
+                view = tf.image.grayscale_to_rgb(view)
+            view.set_shape([size, size, 3])
+            if cfg.uses_color:
+                view = aug.color_image(view, {k: t[v] for k, t in params.items()}, cfg)
+            views.append(view)
+        # separate tensors, not a stack: no [V, S, S, 3] copy per element nor a strided
+        # v[:, i] copy of every batch afterwards
+        return (tuple(views) if num_views > 1 else views[0]), label
 
     if source.kind == "array":
         images = source.image_tensor()
@@ -138,7 +142,6 @@ def pretrain_dataset(source: Source, batch_size: int, image_size: Optional[int] 
     size = _image_size(source, image_size)
     cfg = (config or aug.AugmentConfig.pretrain()).resolve(size)
     ds = _augmented(source, batch_size, size, seed, start_batch, cfg, num_views=2, shuffle=shuffle)
-    ds = ds.map(lambda v, y: ((v[:, 0], v[:, 1]), y))
     return _options(ds.prefetch(tf.data.AUTOTUNE))
 
 
@@ -150,7 +153,6 @@ def finetune_dataset(source: Source, batch_size: int, image_size: Optional[int] 
     size = _image_size(source, image_size)
     cfg = (config or aug.AugmentConfig.finetune()).resolve(size)
     ds = _augmented(source, batch_size, size, seed, start_batch, cfg, num_views=1, shuffle=shuffle)
-    ds = ds.map(lambda v, y: (v[:, 0], y))
     return _options(ds.prefetch(tf.data.AUTOTUNE))
 
 
