@@ -197,35 +197,7 @@ def crop_windows(params: dict, height, width, cfg: AugmentConfig) -> tf.Tensor:
 
 
 # ------------------------------------------------------------------------------------------------
-# Batched transforms with per-example parameters.
-
-def _normalized_boxes(windows: tf.Tensor, height, width, flip: tf.Tensor) -> tf.Tensor:
-    """(y, x, h, w) integer windows -> crop_and_resize boxes; a flip swaps x1 and x2, which makes
-    crop_and_resize sample the crop mirrored, so the flip costs nothing."""
-    win = tf.cast(windows, tf.float32)
-    hm1 = tf.maximum(tf.cast(height, tf.float32) - 1.0, 1.0)
-    wm1 = tf.maximum(tf.cast(width, tf.float32) - 1.0, 1.0)
-    y1 = win[..., 0] / hm1
-    x1 = win[..., 1] / wm1
-    y2 = (win[..., 0] + win[..., 2] - 1.0) / hm1
-    x2 = (win[..., 1] + win[..., 3] - 1.0) / wm1
-    left = tf.where(flip, x2, x1)
-    right = tf.where(flip, x1, x2)
-    return tf.stack([y1, left, y2, right], axis=-1)
-
-
-def crop_resize_batch(images: tf.Tensor, windows: tf.Tensor, box_indices: tf.Tensor,
-                      flip: tf.Tensor, size: int) -> tf.Tensor:
-    """Crops `windows` [M, 4] out of `images[box_indices]` ([N, H, W, C], any dtype), optionally
-    mirrored, resized bilinearly to `size`; float32 in [0, 1] when the images are uint8."""
-    shape = tf.shape(images)
-    boxes = _normalized_boxes(windows, shape[1], shape[2], flip)
-    out = tf.image.crop_and_resize(tf.cast(images, tf.float32) if images.dtype != tf.uint8 else images,
-                                   boxes, tf.cast(box_indices, tf.int32), [size, size])
-    if images.dtype == tf.uint8:
-        out = out * (1.0 / 255.0)
-    return out
-
+# Per-view transforms.
 
 def crop_resize_view(image: tf.Tensor, window: tf.Tensor, flip: tf.Tensor, size: int) -> tf.Tensor:
     """One view: the `window` (y, x, h, w) of `image` [H, W, C] (any dtype), mirrored when `flip`,
