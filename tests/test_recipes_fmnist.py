@@ -36,6 +36,14 @@ def test_fmnist_stages_chained(tmp_path):
              if '"eval"' in line]
     assert [e["step"] for e in evals] == [2, 3] and all("knn_top1" in e for e in evals)
     assert pre["model"].input_shape[1:] == (16, 16, 3)
+    # Later stages read the run dir's checkpoint: every variable, BN statistics included, must
+    # come back (3 steps barely move the weights, so compare exactly, not "close to init").
+    restored = {v.path: v.numpy() for v in stages.load_network(tmp_path / "pre").weights}
+    trained = {v.path: v.numpy() for v in pre["model"].weights}
+    assert restored.keys() == trained.keys()
+    assert all(np.array_equal(restored[k], trained[k]) for k in trained)
+    moving = [k for k in trained if k.endswith("moving_mean")]
+    assert moving and any(np.abs(trained[k]).max() > 0 for k in moving)  # stats were updated
 
     lin = stages.linear_eval(_load("lineareval", tmp_path / "lin",
                                    checkpoint=pre["keras_path"], label_fraction=0.01))
