@@ -9,7 +9,7 @@ The ops run per image (see `color_jitter_image` for why batching did not pay on 
 is a slice of the uint8 source, mirrored while still uint8 and small, then resized bilinearly
 (`crop_resize_view`).
 
-Differences from the official `data_util.py` (documented in docs/data.md):
+Differences from the official `data_util.py` (documented in the README, "Data"):
 - crops are resized bilinearly (`ResizeBilinear`, half-pixel centres; upstream: bicubic `tf.image.resize`);
 - the crop box is drawn like torchvision's RandomResizedCrop (area uniform, log-uniform aspect,
   `crop_attempts` tries, then a centre crop), not by `sample_distorted_bounding_box`;
