@@ -127,3 +127,16 @@ def test_features_model_fits(tmp_path):
     assert not np.array_equal(before, keras.ops.convert_to_numpy(model.get_layer("stem").weights[0]))
     with pytest.raises(ValueError, match="supervised head"):
         zoo.classifier_model(model)
+
+
+def test_keras_file_loads_in_a_fresh_process_after_importing_the_zoo(tmp_path):
+    model = zoo.build("r18_0.125x_sk0", input_shape=(32, 32, 3), num_classes=3)
+    path = tmp_path / "fresh.keras"
+    model.save(path)
+    script = ("import keras, simclrv2.zoo\n"
+              f"m = keras.saving.load_model({str(path)!r}, safe_mode=True)\n"
+              "print(type(m).__name__, m.simclr_config.name)")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd=REPO_ROOT, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[-2:] == ["SimCLRv2Model", "r18_0.125x_sk0"]

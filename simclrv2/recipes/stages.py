@@ -133,10 +133,7 @@ def _finish(model_dir, stage, result, model, chief, started):
 def load_network(path):
     """A trained network from a run's model_dir (its latest checkpoint), a .keras file (ours or
     from `simclrv2 convert`) or an exported SavedModel directory (returned as loaded)."""
-    import simclrv2.zoo as zoo
-    # The zoo resolves names lazily; the model module must be imported for its class to be
-    # registered with Keras before a .keras file that holds one can be deserialised.
-    import simclrv2.zoo.model  # noqa: F401
+    import simclrv2.zoo as zoo  # registers the model classes for .keras deserialisation
 
     path = pathlib.Path(path)
     if path.is_file() and path.suffix == ".keras":

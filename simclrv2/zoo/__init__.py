@@ -7,10 +7,15 @@
     model = zoo.load("r50_2x_sk1", stage="finetuned_10pct")       # download + import + cache
 
 Model code uses only `keras` and `keras.ops`, so the models run on the TensorFlow, JAX and
-PyTorch backends. Names are resolved lazily: listing checkpoints does not import Keras.
+PyTorch backends. Importing the package registers the model classes with Keras, so
+`keras.saving.load_model("model.keras")` works after `import simclrv2.zoo`; the registry,
+download and importer modules load on first use.
 """
 
 import importlib
+
+# Registers SimCLRv2Model and its layers with Keras' serialisation (safe-mode .keras loading).
+from simclrv2.zoo import model as _model  # noqa: F401
 
 # public name -> submodule that defines it
 _EXPORTS = {
