@@ -105,7 +105,6 @@ def _free_ports(n):
     return ports
 
 
-@pytest.mark.slow
 def test_two_workers_end_with_identical_weights(tmp_path):
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}

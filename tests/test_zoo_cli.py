@@ -205,7 +205,6 @@ def test_convert_reports_importer_value_error(capsys, tmp_path, monkeypatch):
 _HAS_IMPORTER = importlib.util.find_spec("simclrv2.zoo.importer") is not None
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not _HAS_IMPORTER, reason="simclrv2.zoo.importer not written yet")
 def test_convert_end_to_end_with_real_importer(capsys, tmp_path):
     from official_format_writer import write_official_saved_model
