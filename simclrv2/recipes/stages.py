@@ -109,6 +109,23 @@ def _top1(logits, labels):
     return float(np.mean(np.argmax(logits, axis=1) == labels))
 
 
+def _finetune_batches(config, train):
+    """The labeled (fine-tuning / distillation) stream, restartable at any batch."""
+    def dataset_fn(start_batch):
+        return data_io.finetune_dataset(train, config.global_batch_size, config.image_size,
+                                        config.seed, start_batch=start_batch)
+    return dataset_fn
+
+
+def _test_top1(config, model, model_dir, step, chief):
+    """Top-1 of the supervised head on the evaluation split, also logged to metrics.jsonl."""
+    _, test_ds = _eval_split(config)
+    logits, labels = _predict(model, "logits_sup", test_ds, config.num_eval_examples)
+    top1 = _top1(logits, labels)
+    engine.RunLog(model_dir, chief).write(step, {"test_top1": top1}, "eval")
+    return top1
+
+
 def _eval_split(config):
     source = data_io.load_labeled(config.dataset, "test", config.data_dir)
     return source, data_io.eval_dataset(source, config.eval_batch_size, config.image_size)
@@ -316,9 +333,7 @@ def _supervised_run(config, stage, model, strategy, model_dir, train, num_classe
                                               tf.cast(labels, tf.int32)), tf.float32))
         return {"loss": loss, "sup_loss": sup, "sup_acc": acc}
 
-    def dataset_fn(start_batch):
-        return data_io.finetune_dataset(train, config.global_batch_size, config.image_size,
-                                        config.seed, start_batch=start_batch)
+    dataset_fn = _finetune_batches(config, train)
 
     metrics, status, step = engine.train_loop(
         config=config, strategy=strategy, model_dir=model_dir, trackables={"model": model},
@@ -326,10 +341,7 @@ def _supervised_run(config, stage, model, strategy, model_dir, train, num_classe
     result = {"status": status, "steps": step, "train_metrics": metrics,
               "num_labeled": len(train)}
     if status == "done":
-        _, test_ds = _eval_split(config)
-        logits, labels = _predict(model, "logits_sup", test_ds, config.num_eval_examples)
-        result["test_top1"] = _top1(logits, labels)
-        engine.RunLog(model_dir, chief).write(step, {"test_top1": result["test_top1"]}, "eval")
+        result["test_top1"] = _test_top1(config, model, model_dir, step, chief)
     return _finish(model_dir, stage, result, model, chief, started)
 
 
@@ -501,19 +513,14 @@ def distill(config) -> dict:
                                        tf.float32))
         return {"loss": loss, "distill_loss": dist, "teacher_agreement": agree}
 
-    def dataset_fn(start_batch):
-        return data_io.finetune_dataset(train, config.global_batch_size, config.image_size,
-                                        config.seed, start_batch=start_batch)
+    dataset_fn = _finetune_batches(config, train)
 
     metrics, status, step = engine.train_loop(
         config=config, strategy=strategy, model_dir=model_dir, trackables={"model": student},
         optimizer=optimizer, replica_step=replica_step, dataset_fn=dataset_fn, total_steps=total)
     result = {"status": status, "steps": step, "train_metrics": metrics}
     if status == "done":
-        _, test_ds = _eval_split(config)
-        logits, labels = _predict(student, "logits_sup", test_ds, config.num_eval_examples)
-        result["test_top1"] = _top1(logits, labels)
-        engine.RunLog(model_dir, chief).write(step, {"test_top1": result["test_top1"]}, "eval")
+        result["test_top1"] = _test_top1(config, student, model_dir, step, chief)
     return _finish(model_dir, "distill", result, student, chief, started)
 
 
