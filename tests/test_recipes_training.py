@@ -108,6 +108,10 @@ def test_recipes_validate_and_errors_name_the_key(tmp_path):
         C.from_dict("finetune", C.read_recipe("fmnist_pretrain"))
     cfg = C.load("pretrain", "fmnist_pretrain", {"train_steps": "7", "global_bn": "false"})
     assert cfg.train_steps == 7 and cfg.global_bn is False
+    for stage, required in (("finetune", {"model": "r18_0.25x_sk0"}),
+                            ("lineareval", {"checkpoint": "m.keras"}), ("distill", {"teacher": "t"})):
+        with pytest.raises(C.ConfigError, match=r"label_fraction must be in \(0, 1\], got 1.5"):
+            C.from_dict(stage, dict(required, label_fraction=1.5))
     own = tmp_path / "mine.json"
     own.write_text(json.dumps({"stage": "distill", "teacher": "x", "_source": "mine"}))
     assert C.load("distill", str(own)).teacher == "x"

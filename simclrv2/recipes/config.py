@@ -128,8 +128,7 @@ class FinetuneConfig(RunConfig):
         if not -1 <= self.fine_tune_after_block <= 4:
             raise ConfigError(f"fine_tune_after_block must be in -1..4, got "
                               f"{self.fine_tune_after_block}")
-        if not 0 < self.label_fraction <= 1:
-            raise ConfigError(f"label_fraction must be in (0, 1], got {self.label_fraction}")
+        _check_label_fraction(self)
 
 
 @dataclasses.dataclass
@@ -150,6 +149,7 @@ class LinearEvalConfig(RunConfig):
         super().validate()
         if not self.checkpoint:
             raise ConfigError("linear evaluation needs checkpoint (a model_dir or a .keras file)")
+        _check_label_fraction(self)
 
 
 @dataclasses.dataclass
@@ -170,10 +170,17 @@ class DistillConfig(RunConfig):
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
         if self.labeled_weight < 0:
             raise ConfigError(f"labeled_weight must be >= 0, got {self.labeled_weight}")
+        _check_label_fraction(self)
 
 
 STAGES = {"pretrain": PretrainConfig, "finetune": FinetuneConfig,
           "lineareval": LinearEvalConfig, "distill": DistillConfig}
+
+
+def _check_label_fraction(config):
+    """Every stage that reads a labeled fraction refuses one outside (0, 1] before training."""
+    if not 0 < config.label_fraction <= 1:
+        raise ConfigError(f"label_fraction must be in (0, 1], got {config.label_fraction}")
 
 
 def _choice(name, value, valid):
