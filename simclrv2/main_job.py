@@ -18,6 +18,8 @@ import platform
 import sys
 import time
 
+from simclrv2.atomic_files import write_json
+
 FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
 INSTALL_HINT = ("Fashion-MNIST is not installed. It is Debian's dataset-fashion-mnist package:\n"
                 "  sudo apt-get install dataset-fashion-mnist\n"
@@ -125,13 +127,6 @@ def _read_json(path):
         return None
 
 
-def _write_json(path, values):
-    path = pathlib.Path(path)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
-
-
 def _job_identity(args):
     return {k: v for k, v in sorted(vars(args).items()) if k not in ("run_dir",)}
 
@@ -149,13 +144,13 @@ def check_run_dir(args):
         raise SystemExit(f"simclrv2 run: {run} holds a run with other options ({', '.join(changed)}"
                          f" differ); use another --run-dir or delete {run}")
     if previous is None:
-        _write_json(run / "job.json", {"options": identity, "stage_wall_s": {}})
+        write_json(run / "job.json", {"options": identity, "stage_wall_s": {}})
 
 
 def _add_wall(run, stage, seconds):
     job = _read_json(run / "job.json")
     job["stage_wall_s"][stage] = round(job["stage_wall_s"].get(stage, 0.0) + seconds, 2)
-    _write_json(run / "job.json", job)
+    write_json(run / "job.json", job)
 
 
 def check_data(args):
@@ -371,7 +366,7 @@ def main(argv=None):
                "test_examples": test_examples, "export": export_summary,
                "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
                "versions": _versions()}
-    _write_json(run / "results.json", results)
+    write_json(run / "results.json", results)
     plot(rows, run / "results.png",
          f"SimCLRv2 on Fashion-MNIST, ResNet-18 {args.width:g}x, {args.image_size} px"
          f"{' (quick)' if args.quick else ''}")

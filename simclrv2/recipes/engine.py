@@ -218,8 +218,3 @@ def train_loop(*, config, strategy, model_dir, trackables, optimizer, replica_st
     return metrics, status, step
 
 
-def write_json(path: pathlib.Path, values: dict):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(values, indent=2, sort_keys=True))
-    tmp.replace(path)

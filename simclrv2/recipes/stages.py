@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from simclrv2.recipes import data_io, engine, objectives, optim
+from simclrv2.atomic_files import write_json
 from simclrv2.recipes.config import ConfigError, to_dict
 
 
@@ -43,7 +44,7 @@ def _record_run(model_dir, stage, config, model_config, chief):
                 f"({previous.get('model_config', {}).get('depth')}-layer); use a new model_dir or "
                 f"delete that one")
     if chief:
-        engine.write_json(path, {"stage": stage, "config": to_dict(config),
+        write_json(path, {"stage": stage, "config": to_dict(config),
                                  "model_config": model_config})
 
 
@@ -141,7 +142,7 @@ def _finish(model_dir, stage, result, model, chief, started):
         result["keras_path"] = str(path)
     result["checkpoint"] = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
     if chief:
-        engine.write_json(model_dir / "result.json", result)
+        write_json(model_dir / "result.json", result)
     # In-process callers get the trained network too (not written to result.json).
     result["model"] = model
     return result

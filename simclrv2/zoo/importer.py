@@ -21,6 +21,7 @@ import warnings
 
 import numpy as np
 
+from simclrv2.atomic_files import write_text
 from simclrv2.zoo import official_format
 from simclrv2.zoo.config import DEPTHS, WIDTHS, ModelConfig, parse_name
 
@@ -367,17 +368,6 @@ def import_saved_model(saved_model_dir, architecture=None, input_shape=None, ver
     return model, report
 
 
-def _atomic_write_text(path, text):
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def save_model_atomic(model, out_path):
     out_path = os.fspath(out_path)
     if not out_path.endswith(".keras"):
@@ -418,7 +408,7 @@ def convert_saved_model(saved_model_dir, out_path, architecture=None, input_shap
     }
     save_model_atomic(model, out_path)
     # The JSON last: a .keras without its JSON is treated as not converted.
-    _atomic_write_text(provenance_path(out_path), json.dumps(meta, indent=2, sort_keys=True))
+    write_text(provenance_path(out_path), json.dumps(meta, indent=2, sort_keys=True))
     return model
 
 
