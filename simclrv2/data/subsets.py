@@ -9,6 +9,8 @@ from typing import Optional
 
 import numpy as np
 
+from simclrv2.atomic_files import write_text
+
 log = logging.getLogger(__name__)
 
 
@@ -41,11 +43,8 @@ def label_subset(labels, fraction: Optional[float] = None, per_class: Optional[i
 
 def save_subset(path: str, indices) -> None:
     indices = np.asarray(indices, dtype=np.int64)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.writelines(f"{int(i)}\n" for i in indices)
-    os.replace(tmp, path)  # a killed run never leaves half a list behind
+    # a killed run never leaves half a list behind
+    write_text(path, "".join(f"{int(i)}\n" for i in indices))
 
 
 def load_subset(path: str) -> np.ndarray:
