@@ -105,6 +105,7 @@ def logistic_regression_pixels(seed, maxiter=300):
 class Runner:
     def __init__(self, args, work):
         self.args, self.work, self.steps = args, pathlib.Path(work), steps_for(args)
+        self.seconds = {}  # stage run name -> wall seconds, kept in the JSON
         self.common = dict(dataset="fashion_mnist", image_size=args.image_size, log_steps=50,
                            eval_batch_size=500, num_eval_examples=args.eval_examples,
                            progress_bar=False, checkpoint_steps=10_000)
@@ -122,7 +123,8 @@ class Runner:
         keras.backend.clear_session()
         top1 = result.get("test_top1")
         top1 = result.get("knn_top1") if top1 is None else top1
-        print(f"  {name:<34} top-1 {100 * top1:6.2f}%  {time.time() - started:6.0f}s", flush=True)
+        self.seconds[name] = round(time.time() - started, 1)
+        print(f"  {name:<34} top-1 {100 * top1:6.2f}%  {self.seconds[name]:6.0f}s", flush=True)
         return top1
 
     def supervised(self, name, seed, fraction, **values):
@@ -265,7 +267,8 @@ def main(argv=None):
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     path = out_dir / f"semi_supervised-{stamp}.json"
     import simclrv2
-    path.write_text(json.dumps({
+    from simclrv2.atomic_files import write_json
+    write_json(path, {
         "benchmark": "semi_supervised", "options": {k: v for k, v in vars(args).items()},
         "steps": runner.steps, "test_examples": args.eval_examples or 10000,
         "logistic_regression_pixels": {"per_seed": logreg, "mean": _mean(logreg)},
@@ -277,7 +280,8 @@ def main(argv=None):
         "versions": {"simclrv2": getattr(simclrv2, "__version__", "?"),
                      "tensorflow": tf.__version__, "keras": keras.__version__,
                      "numpy": np.__version__, "python": platform.python_version()},
-    }, indent=2) + "\n")
+        "stage_seconds": runner.seconds,
+    })
     print(f"written: {path}")
     return 0
 
