@@ -11,7 +11,9 @@ Every row is computed in the same run, for each of `--seeds` seeds:
   narrowest width's network on the unlabeled images, self-distillation of the 1% teacher;
 - for every width in `--widths` (ResNet-18, CIFAR stem, `--image-size` px).
 Then each target of the brief is printed as met or missed, and everything goes to
-benchmarks/results/semi_supervised-<time>.json with the machine, versions and wall time.
+benchmarks/results/semi_supervised-<time>.json with the machine, versions and wall time, with a
+plot of top-1 against the label fraction beside it (`.png`). `--report RESULT.json` redraws the
+plot of a finished run and prints its table as Markdown (the README's table comes from it).
 
 Budget: step counts are a base plan sized for 90 minutes on the 2-core development machine
 (measured there: one 128-image pretraining step of ResNet-18 0.25x at 16 px takes ~1-1.5 s,
@@ -55,6 +57,8 @@ def parse_args(argv):
                    help="test images per evaluation (0 = all 10,000)")
     p.add_argument("--work-dir", default=None, help="where the runs go (default: a temp dir)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--report", metavar="RESULT_JSON", default=None,
+                   help="only redraw the plot of a finished run and print its Markdown table")
     args = p.parse_args(argv)
     args.widths = sorted(float(w) for w in args.widths.split(","))
     if args.budget_minutes <= 0 or args.seeds < 1 or not args.widths:
@@ -213,8 +217,105 @@ def targets(summary, widths, logreg):
     return out
 
 
+# Rows of the report: (result key, method, labels used).
+ROWS = (
+    ("scratch_1pct", "supervised from scratch", "1%"),
+    ("scratch_10pct", "supervised from scratch", "10%"),
+    ("scratch_100pct", "supervised from scratch", "100%"),
+    ("knn", "SimCLR kNN monitor (k=200)", "5,000 (bank)"),
+    ("linear_eval_100pct", "SimCLR linear eval", "100%"),
+    ("finetune_1pct_layer0", "SimCLRv2 fine-tuned from projection layer 0", "1%"),
+    ("finetune_1pct_layer1", "SimCLRv2 fine-tuned from projection layer 1", "1%"),
+    ("finetune_10pct_layer1", "SimCLRv2 fine-tuned from projection layer 1", "10%"),
+    ("self_distill_from_1pct", "self-distilled from the 1% teacher (unlabeled images)", "1%"),
+    ("distill_to_narrowest_from_1pct", "distilled into the narrowest width from this 1% teacher",
+     "1%"),
+)
+
+
+def markdown_report(result: dict) -> str:
+    """The result's table (mean +- std over seeds, one column per width) and its targets."""
+    widths = sorted(result["results"], key=float)
+    seeds = len(next(iter(result["results"][widths[0]].values()))["per_seed"])
+    head = " | ".join(f"r18 {float(w):g}x" for w in widths)
+    lines = [f"| method | labels | {head} |", "| --- | --- |" + " --- |" * len(widths)]
+    for key, method, labels in ROWS:
+        cells = []
+        for w in widths:
+            v = result["results"][w].get(key)
+            cells.append("-" if v is None else f"{100 * v['mean']:.2f} +- {100 * v['std']:.2f}")
+        if any(c != "-" for c in cells):
+            lines.append(f"| {method} | {labels} | {' | '.join(cells)} |")
+    lr = result["logistic_regression_pixels"]["mean"]
+    lines.append(f"| logistic regression on raw pixels | 100% | {100 * lr:.2f} (all widths) |"
+                 + " |" * (len(widths) - 1))
+    lines += ["", f"Test top-1 (%) on {result['test_examples']:,} Fashion-MNIST test images, "
+              f"mean +- std over {seeds} seeds; wall time {result['wall_time_s'] / 60:.1f} min.", ""]
+    for t in result["targets"]:
+        if t["met"] is None:
+            continue
+        shown = ", ".join(f"{k} {100 * v:.2f}%" for k, v in t["figures"].items())
+        lines.append(f"- **{'met' if t['met'] else 'missed'}**: {t['target']} ({shown})")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path) -> None:
+    """Top-1 against the fraction of labels, one colour per width (the paper's Figure 1 axes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, w in enumerate(sorted(result["results"], key=float)):
+        r, c = result["results"][w], colours[i % len(colours)]
+
+        def mean(key):
+            return 100 * r[key]["mean"] if key in r else None
+
+        ax.plot([1, 10, 100], [mean(f"scratch_{p}pct") for p in (1, 10, 100)], "o:", color=c,
+                label=f"{float(w):g}x supervised from scratch")
+        ax.plot([1, 10, 100], [mean("finetune_1pct_layer1"), mean("finetune_10pct_layer1"),
+                               mean("linear_eval_100pct")], "s-", color=c,
+                label=f"{float(w):g}x SimCLRv2 fine-tuned (1%, 10%), linear eval (100%)")
+        ax.plot([1], [mean("self_distill_from_1pct")], "*", color=c, markersize=12,
+                label=f"{float(w):g}x self-distilled (1% teacher)")
+        if "distill_to_narrowest_from_1pct" in r:
+            ax.plot([1], [mean("distill_to_narrowest_from_1pct")], "P", color="black",
+                    markersize=9, label=f"distilled from {float(w):g}x into the narrowest")
+    ax.axhline(100 * result["logistic_regression_pixels"]["mean"], color="gray", linestyle="--",
+               label="logistic regression on raw pixels (100%)")
+    ax.set_xscale("log")
+    ax.set_xticks([1, 10, 100])
+    ax.set_xticklabels(["1%", "10%", "100%"])
+    ax.set_xlabel("fraction of Fashion-MNIST labels used")
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title(f"SimCLRv2 in miniature: ResNet-18, {result['options']['image_size']} px, "
+                 f"{result['wall_time_s'] / 60:.0f} min on {result['machine']['cpus']} CPUs",
+                 fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=6.5, loc="lower right")
+    fig.tight_layout()
+    tmp = pathlib.Path(path).with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def report(json_path) -> int:
+    result = json.loads(pathlib.Path(json_path).read_text())
+    png = pathlib.Path(json_path).with_suffix(".png")
+    plot(result, png)
+    print(markdown_report(result), end="")
+    print(f"plot: {png}")
+    return 0
+
+
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.report:
+        return report(args.report)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
     tf.config.threading.set_intra_op_parallelism_threads(min(os.cpu_count() or 2, 16))
@@ -268,7 +369,7 @@ def main(argv=None):
     path = out_dir / f"semi_supervised-{stamp}.json"
     import simclrv2
     from simclrv2.atomic_files import write_json
-    write_json(path, {
+    result = {
         "benchmark": "semi_supervised", "options": {k: v for k, v in vars(args).items()},
         "steps": runner.steps, "test_examples": args.eval_examples or 10000,
         "logistic_regression_pixels": {"per_seed": logreg, "mean": _mean(logreg)},
@@ -281,8 +382,10 @@ def main(argv=None):
                      "tensorflow": tf.__version__, "keras": keras.__version__,
                      "numpy": np.__version__, "python": platform.python_version()},
         "stage_seconds": runner.seconds,
-    })
-    print(f"written: {path}")
+    }
+    write_json(path, result)
+    plot(result, path.with_suffix(".png"))
+    print(f"written: {path} and its plot {path.with_suffix('.png').name}")
     return 0
 
 
