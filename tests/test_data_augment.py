@@ -55,6 +55,18 @@ def test_grayscale_fraction(tinted):
     assert np.all(is_gray ^ untouched)
 
 
+def test_grayscale_and_brightness_equal_the_tf_image_ops():
+    x = tf.random.stateless_uniform([20, 24, 3], seed=[3, 4])
+    expected = tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(x))
+    np.testing.assert_allclose(aug.grayscale_image(x).numpy(), expected.numpy(), atol=1e-6)
+    cfg = AugmentConfig(contrast=0.0, saturation=0.0, hue=0.0).resolve(64)
+    for factor in (0.3, 1.0, 1.7):
+        params = {"jitter": tf.constant(True), "order_keys": tf.constant([0.1, 0.2, 0.3, 0.4]),
+                  "brightness": tf.constant(factor)}
+        out = aug.color_jitter_image(x, params, cfg).numpy()
+        np.testing.assert_allclose(out, np.clip(x.numpy() * factor, 0.0, 1.0), atol=1e-6)
+
+
 def test_jitter_fraction_and_range(tinted):
     out = views(tinted, AugmentConfig(**{**ONLY, "jitter_prob": 0.8}))
     x = tinted.images.astype(np.float32)[:, None] / 255.0
