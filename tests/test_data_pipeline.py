@@ -39,6 +39,25 @@ def test_resume_gives_identical_batches_across_epochs(small):
     assert not np.array_equal(other[0][0], full[0][0][0])
 
 
+def test_deferred_blur_gives_the_same_views_once_applied(small):
+    from simclrv2.data.augment import apply_deferred_blur
+
+    # 64 px: blur on by default (p=0.5, 3 taps each side)
+    (v1, v2), labels = _batches(pretrain_dataset(small, 32, 64, seed=2), 1)[0]
+    (d1, d2), dlabels, (s1, s2) = _batches(pretrain_dataset(small, 32, 64, seed=2, defer_blur=True), 1)[0]
+    np.testing.assert_array_equal(labels, dlabels)
+    sigmas = np.concatenate([s1, s2])
+    assert 0 < np.mean(sigmas > 0) < 1 and np.all((sigmas == 0) | ((sigmas >= 0.1) & (sigmas <= 2.0)))
+    np.testing.assert_allclose(apply_deferred_blur(d1, s1).numpy(), v1.numpy(), atol=1e-5)
+    np.testing.assert_allclose(apply_deferred_blur(d2, s2).numpy(), v2.numpy(), atol=1e-5)
+    blurred = np.asarray(s1) > 0
+    assert not np.allclose(d1.numpy()[blurred], v1.numpy()[blurred], atol=1e-3)  # really deferred
+    np.testing.assert_array_equal(d1.numpy()[~blurred], v1.numpy()[~blurred])
+    # at 32 px the blur is off: the sigmas are all 0 and nothing changes
+    (c1, _), _, (z1, _) = _batches(pretrain_dataset(small, 8, 32, seed=2, defer_blur=True), 1)[0]
+    assert not np.any(z1) and np.array_equal(apply_deferred_blur(c1, z1).numpy(), c1.numpy())
+
+
 def test_epochs_visit_every_example_once_and_reshuffle(small):
     labels = [y.numpy() for _, y in _batches(finetune_dataset(small, 25, seed=1), 8)]
     epoch0, epoch1 = np.concatenate(labels[:4]), np.concatenate(labels[4:])

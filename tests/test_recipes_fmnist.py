@@ -73,3 +73,22 @@ def test_fmnist_stages_chained(tmp_path):
     for run in ("pre", "ft", "dist"):
         assert (tmp_path / run / "model.keras").is_file()
         assert json.loads((tmp_path / run / "result.json").read_text())["status"] == "done"
+
+
+def test_blur_in_train_step_trains_on_the_same_images(tmp_path):
+    """At 48 px the blur is on (p=0.5); deferring it to the training step (upstream's place, the
+    default on accelerators) must give the run the pipeline-blurred images: same losses."""
+    from simclrv2.recipes import stages
+
+    losses = {}
+    for defer in (False, True):
+        run = tmp_path / f"defer_{defer}"
+        result = stages.pretrain(_load(
+            "pretrain", run, model="r18_0.125x_sk0", image_size=48, global_batch_size=8,
+            train_steps=2, blur_in_train_step=defer, lineareval_while_pretraining="false",
+            knn_bank_size=100, num_eval_examples=100))
+        assert result["status"] == "done"
+        losses[defer] = [json.loads(line)["contrastive_loss"] for line in open(run / "metrics.jsonl")
+                         if '"contrastive_loss"' in line]
+    assert len(losses[True]) == 2
+    np.testing.assert_allclose(losses[True], losses[False], rtol=1e-4)

@@ -301,16 +301,39 @@ def gaussian_blur_batch(x: tf.Tensor, sigma: tf.Tensor, radius: int) -> tf.Tenso
     return tf.transpose(tf.reshape(y, [b, h, c, w]), [0, 1, 3, 2])
 
 
-def color_image(x: tf.Tensor, p: dict, cfg: AugmentConfig) -> tf.Tensor:
+def blur_sigma(p: dict, cfg: AugmentConfig, size: int) -> tf.Tensor:
+    """The view's blur as one number: its sigma when the blur was drawn, else 0."""
+    if cfg.blur_prob <= 0 or blur_radius(size, cfg) == 0:
+        return tf.zeros([], tf.float32)
+    return tf.where(p["blur"], p["sigma"], 0.0)
+
+
+def apply_deferred_blur(images: tf.Tensor, sigma: tf.Tensor,
+                        kernel_fraction: float = AugmentConfig.blur_kernel_fraction) -> tf.Tensor:
+    """The blur a `pretrain_dataset(..., defer_blur=True)` batch left out, applied where it runs
+    cheaply (upstream blurs in the training step, on the accelerator): images [B, S, S, 3] with
+    `sigma[b] > 0` are blurred with that sigma, the others pass through. Equals the pipeline's
+    own blur to float rounding."""
+    size = images.shape[1]
+    radius = int(size * kernel_fraction) // 2 if size is not None else 0
+    if radius == 0:
+        return images
+    sigma = tf.cast(sigma, tf.float32)
+    chosen = sigma > 0
+    blurred = gaussian_blur_batch(images, tf.where(chosen, sigma, 1.0), radius)
+    return tf.clip_by_value(tf.where(chosen[:, None, None, None], blurred, images), 0.0, 1.0)
+
+
+def color_image(x: tf.Tensor, p: dict, cfg: AugmentConfig, blur: bool = True) -> tf.Tensor:
     """One view [S, S, 3] in [0, 1]: jitter (p=jitter_prob), grayscale (p=grayscale_prob),
-    blur (p=blur_prob), clip. `p` holds this view's draws. Stages with probability 0 are left
-    out of the graph."""
+    blur (p=blur_prob, unless `blur` is False: see `apply_deferred_blur`), clip. `p` holds this
+    view's draws. Stages with probability 0 are left out of the graph."""
     if cfg.jitter_prob > 0:
         x = color_jitter_image(x, p, cfg)
     if cfg.grayscale_prob > 0:
         x = tf.cond(p["gray"], lambda: grayscale_image(x), lambda: x)
     radius = blur_radius(int(x.shape[0]), cfg) if x.shape[0] is not None else 0
-    if cfg.blur_prob > 0 and radius > 0:
+    if blur and cfg.blur_prob > 0 and radius > 0:
         x = tf.cond(p["blur"], lambda: gaussian_blur_batch(x[None], p["sigma"][None], radius)[0],
                     lambda: x)
     return tf.clip_by_value(x, 0.0, 1.0)

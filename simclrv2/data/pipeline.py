@@ -84,9 +84,11 @@ def _options(ds: tf.data.Dataset) -> tf.data.Dataset:
 
 
 def _augmented(source: Source, batch_size: int, image_size: int, seed: int, start_batch: int,
-               cfg: aug.AugmentConfig, num_views: int, shuffle: bool = True) -> tf.data.Dataset:
+               cfg: aug.AugmentConfig, num_views: int, shuffle: bool = True,
+               defer_blur: bool = False) -> tf.data.Dataset:
     """Batches of (views, labels [B]): views a V-tuple of float32 [B, S, S, 3] (one tensor when
-    V = 1).
+    V = 1). With `defer_blur`, (views, labels, sigmas): the views unblurred and a V-tuple of
+    float32 [B] blur sigmas (0: not blurred) for `augment.apply_deferred_blur`.
 
     Each element is augmented on its own inside one parallel map (see color_jitter_image for why
     per image beats per batch on CPU); each view is sliced and resized from the uint8 source.
@@ -98,18 +100,24 @@ def _augmented(source: Source, batch_size: int, image_size: int, seed: int, star
         params = aug.draw_params(aug.element_key(seed, pos), cfg, num_views)
         shape = tf.shape(image)
         windows = aug.crop_windows(params, shape[0], shape[1], cfg)
-        views = []
+        views, sigmas = [], []
         for v in range(num_views):
             view = aug.crop_resize_view(image, windows[v], params["flip"][v], size)
             if view.shape[-1] == 1:
                 view = tf.image.grayscale_to_rgb(view)
             view.set_shape([size, size, 3])
+            mine = {k: t[v] for k, t in params.items()}
             if cfg.uses_color:
-                view = aug.color_image(view, {k: t[v] for k, t in params.items()}, cfg)
+                view = aug.color_image(view, mine, cfg, blur=not defer_blur)
             views.append(view)
+            if defer_blur:
+                sigmas.append(aug.blur_sigma(mine, cfg, size))
         # separate tensors, not a stack: no [V, S, S, 3] copy per element nor a strided
         # v[:, i] copy of every batch afterwards
-        return (tuple(views) if num_views > 1 else views[0]), label
+        views = tuple(views) if num_views > 1 else views[0]
+        if defer_blur:
+            return views, label, (tuple(sigmas) if num_views > 1 else sigmas[0])
+        return views, label
 
     if source.kind == "array":
         images = source.image_tensor()
@@ -132,16 +140,22 @@ def _augmented(source: Source, batch_size: int, image_size: int, seed: int, star
 
 def pretrain_dataset(source: Source, batch_size: int, image_size: Optional[int] = None, seed: int = 0,
                      start_batch: int = 0, config: Optional[aug.AugmentConfig] = None,
-                     shuffle: bool = True) -> tf.data.Dataset:
+                     shuffle: bool = True, defer_blur: bool = False) -> tf.data.Dataset:
     """Endless `((view1, view2), labels)`: float32 [B, S, S, 3] in [0, 1], int64 [B].
 
     Two independent SimCLR views per image (`AugmentConfig.pretrain()` unless `config`), epochs
     reshuffled from `seed`, incomplete batches never produced (batches span epoch ends).
+
+    `defer_blur=True` leaves the Gaussian blur (the dearest op on CPU) to the training step, as
+    upstream does on the accelerator: batches are `((view1, view2), labels, (sigma1, sigma2))`
+    and `augment.apply_deferred_blur(view, sigma)` finishes each view (the same random draws, so
+    the same images to float rounding).
     """
     _check_common(source, batch_size, start_batch)
     size = _image_size(source, image_size)
     cfg = (config or aug.AugmentConfig.pretrain()).resolve(size)
-    ds = _augmented(source, batch_size, size, seed, start_batch, cfg, num_views=2, shuffle=shuffle)
+    ds = _augmented(source, batch_size, size, seed, start_batch, cfg, num_views=2, shuffle=shuffle,
+                    defer_blur=defer_blur)
     return _options(ds.prefetch(tf.data.AUTOTUNE))
 
 

@@ -94,6 +94,10 @@ class PretrainConfig(RunConfig):
     hidden_norm: bool = True
     lineareval_while_pretraining: bool = True
     color_jitter_strength: Optional[float] = None  # None: the data package's rule (0.5 at <= 32 px, else 1.0)
+    # Gaussian blur in the training step (upstream's place) instead of the input pipeline.
+    # None: in the step when a GPU or TPU runs it (cheap there, and the CPU pipeline then does
+    # upstream's work only), in the pipeline on CPU-only hosts.
+    blur_in_train_step: Optional[bool] = None
     knn_steps: int = 0  # kNN monitor every N steps (0 = only at the end)
     knn_k: int = 200
     knn_temperature: float = 0.1

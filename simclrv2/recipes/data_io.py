@@ -152,16 +152,26 @@ def _synthetic_view(image, key, image_size):
 
 
 def pretrain_dataset(source: Source, batch_size, image_size, seed, start_batch=0,
-                     color_jitter_strength=None):
-    """Endless ((view1, view2), labels). color_jitter_strength None: the data package's rule
-    (0.5 at <= 32 px, 1.0 above)."""
+                     color_jitter_strength=None, defer_blur=False):
+    """Endless ((view1, view2), labels), or ((view1, view2), labels, (sigma1, sigma2)) with
+    `defer_blur` (see `apply_deferred_blur`). color_jitter_strength None: the data package's
+    rule (0.5 at <= 32 px, 1.0 above)."""
     if source.synthetic:
-        return _indexed(source, batch_size, start_batch, seed, lambda x, y, k: (
-            (_synthetic_view(x, k * 2, image_size), _synthetic_view(x, k * 2 + 7, image_size)), y))
+        def element(x, y, k):
+            views = (_synthetic_view(x, k * 2, image_size), _synthetic_view(x, k * 2 + 7, image_size))
+            return (views, y, (tf.zeros([]), tf.zeros([]))) if defer_blur else (views, y)
+        return _indexed(source, batch_size, start_batch, seed, element)
     data = _data()
     config = data.AugmentConfig.pretrain(strength=color_jitter_strength)
     return data.pretrain_dataset(source.native, batch_size, image_size=image_size, seed=seed,
-                                 start_batch=start_batch, config=config)
+                                 start_batch=start_batch, config=config, defer_blur=defer_blur)
+
+
+def apply_deferred_blur(images, sigma):
+    """Finishes a view of a `defer_blur` batch inside the training step."""
+    from simclrv2.data.augment import apply_deferred_blur as apply
+
+    return apply(images, sigma)
 
 
 def finetune_dataset(source: Source, batch_size, image_size, seed, start_batch=0):

@@ -206,6 +206,12 @@ def _sync_bn(config, strategy):
 # ---------------------------------------------------------------------------------------------
 # stage 1
 
+def _blur_in_train_step(config) -> bool:
+    if config.blur_in_train_step is not None:
+        return bool(config.blur_in_train_step)
+    return bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
+
+
 def pretrain(config) -> dict:
     import simclrv2.zoo as zoo
 
@@ -234,8 +240,15 @@ def pretrain(config) -> dict:
     head_vars = [v for v in model.trainable_variables if "head_supervised" in v.path]
     linear = config.lineareval_while_pretraining
 
+    defer_blur = _blur_in_train_step(config)
+
     def replica_step(batch):
-        (view1, view2), labels = batch
+        if defer_blur:
+            (view1, view2), labels, (sigma1, sigma2) = batch
+            view1 = data_io.apply_deferred_blur(view1, sigma1)
+            view2 = data_io.apply_deferred_blur(view2, sigma2)
+        else:
+            (view1, view2), labels = batch
         with tf.GradientTape(persistent=True) as tape:
             out = model(tf.concat([view1, view2], 0), training=True)
             con_loss, logits_ab, con_labels = objectives.nt_xent_loss(
@@ -268,7 +281,8 @@ def pretrain(config) -> dict:
     def dataset_fn(start_batch):
         return data_io.pretrain_dataset(train, config.global_batch_size, config.image_size,
                                         config.seed, start_batch=start_batch,
-                                        color_jitter_strength=config.color_jitter_strength)
+                                        color_jitter_strength=config.color_jitter_strength,
+                                        defer_blur=defer_blur)
 
     test, test_ds = _eval_split(config)
     bank_source = labeled if not config.knn_bank_size else data_io.subset(
