@@ -320,6 +320,8 @@ def apply_deferred_blur(images: tf.Tensor, sigma: tf.Tensor,
         return images
     sigma = tf.cast(sigma, tf.float32)
     chosen = sigma > 0
+    # Every image is blurred and the unchosen half dropped: shapes stay static (XLA, TPU), and on
+    # an accelerator that costs less than gathering and scattering the chosen ones.
     blurred = gaussian_blur_batch(images, tf.where(chosen, sigma, 1.0), radius)
     return tf.clip_by_value(tf.where(chosen[:, None, None, None], blurred, images), 0.0, 1.0)
 
