@@ -233,6 +233,10 @@ ROWS = (
 )
 
 
+def _figures_text(figures: dict) -> str:
+    return ", ".join(f"{k} {100 * v:.2f}%" for k, v in figures.items())
+
+
 def markdown_report(result: dict) -> str:
     """The result's table (mean +- std over seeds, one column per width) and its targets."""
     widths = sorted(result["results"], key=float)
@@ -254,14 +258,16 @@ def markdown_report(result: dict) -> str:
     for t in result["targets"]:
         if t["met"] is None:
             continue
-        shown = ", ".join(f"{k} {100 * v:.2f}%" for k, v in t["figures"].items())
-        lines.append(f"- **{'met' if t['met'] else 'missed'}**: {t['target']} ({shown})")
+        lines.append(f"- **{'met' if t['met'] else 'missed'}**: {t['target']} "
+                     f"({_figures_text(t['figures'])})")
     return "\n".join(lines) + "\n"
 
 
 def plot(result: dict, path) -> None:
     """Top-1 against the fraction of labels, one colour per width (the paper's Figure 1 axes)."""
     import matplotlib
+
+    from simclrv2.atomic_files import replacing
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -297,10 +303,9 @@ def plot(result: dict, path) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=6.5, loc="lower right")
     fig.tight_layout()
-    tmp = pathlib.Path(path).with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with replacing(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def report(json_path) -> int:
@@ -357,8 +362,7 @@ def main(argv=None):
     print(f"logistic regression on raw pixels    {100 * _mean(logreg):6.2f}%\n")
     for text, met, figures in checks:
         status = "info  " if met is None else ("MET   " if met else "MISSED")
-        shown = ", ".join(f"{k} {100 * v:.2f}%" for k, v in figures.items())
-        print(f"{status} {text}: {shown}")
+        print(f"{status} {text}: {_figures_text(figures)}")
     within = wall <= args.budget_minutes * 60
     print(f"\nwall time {wall / 60:.1f} min ({'within' if within else 'OVER'} the "
           f"{args.budget_minutes:g}-minute budget)")

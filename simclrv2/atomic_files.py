@@ -1,21 +1,31 @@
 """Writes that never leave a half-written file: a unique temporary sibling, then a rename."""
 
+import contextlib
 import json
 import os
 import pathlib
 import uuid
 
 
-def write_text(path, text: str) -> None:
+@contextlib.contextmanager
+def replacing(path):
+    """Yields a unique temporary sibling of `path` to write; it is renamed onto `path` when the
+    block succeeds and removed when it fails. It keeps `path`'s suffix, so writers that pick
+    their format from the extension (Keras `.keras`, matplotlib `.png`) work unchanged."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = path.with_name(f"{path.stem}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
     try:
-        tmp.write_text(text)
+        yield tmp
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def write_text(path, text: str) -> None:
+    with replacing(path) as tmp:
+        tmp.write_text(text)
 
 
 def write_json(path, values: dict) -> None:

@@ -18,7 +18,7 @@ import platform
 import sys
 import time
 
-from simclrv2.atomic_files import write_json
+from simclrv2.atomic_files import replacing, write_json
 
 FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
 INSTALL_HINT = ("Fashion-MNIST is not installed. It is Debian's dataset-fashion-mnist package:\n"
@@ -279,7 +279,8 @@ def plot(rows, path, title):
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with replacing(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
 
 

@@ -16,12 +16,11 @@ import datetime
 import json
 import os
 import re
-import uuid
 import warnings
 
 import numpy as np
 
-from simclrv2.atomic_files import write_text
+from simclrv2.atomic_files import replacing, write_text
 from simclrv2.zoo import official_format
 from simclrv2.zoo.config import DEPTHS, WIDTHS, ModelConfig, parse_name
 
@@ -372,14 +371,8 @@ def save_model_atomic(model, out_path):
     out_path = os.fspath(out_path)
     if not out_path.endswith(".keras"):
         raise ValueError(f"out_path must end in .keras, got {out_path!r}")
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    tmp = f"{out_path[:-len('.keras')]}.tmp-{uuid.uuid4().hex[:8]}.keras"
-    try:
+    with replacing(out_path) as tmp:
         model.save(tmp)
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def provenance_path(out_path):
