@@ -1,5 +1,6 @@
 # `make test` and `make run` do all set-up on a fresh machine: a virtualenv in .venv with the
-# package and its test extras, and Debian's dataset-fashion-mnist (the embedded default data).
+# package and its test extras, the fused augmentation op (compiled with g++; without one the TF
+# ops are used), and Debian's dataset-fashion-mnist (the embedded default data).
 VENV    ?= .venv
 PYTHON  := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
@@ -14,6 +15,7 @@ $(STAMP): setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install -q --upgrade pip
 	$(PYTHON) -m pip install -q -e ".[test]"
+	$(PYTHON) -m simclrv2 build-ops
 	touch $(STAMP)
 
 $(FMNIST):

@@ -6,7 +6,9 @@ bicubic resize, flip, colour jitter (random order) with p=0.8, grayscale p=0.2, 
 then batch. Upstream blurs later, in the training step (one sigma per batch), so its input
 function is compared with ours at `defer_blur=True` (the blur's draws made, the blur left to the
 training step, which the recipes do on accelerators). The "+ blur" rows put that same batch blur
-into the baseline's pipeline, against our default pipeline that blurs in the map.
+into the baseline's pipeline, against our default pipeline that blurs in the map. Ours runs
+with the fused view op (simclrv2/data/fused_view.py) when it builds here, as by default; the
+"TF ops" row is ours without it (`AugmentConfig(kernel="tf")`), the fallback's speed.
 
 Every pipeline is timed `--reps` times, interleaved with the others, on a fresh iterator each
 time; medians are printed, with the CPU time per image (steadier than images/s on a shared host).
@@ -23,7 +25,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from simclrv2.data import Source, pretrain_dataset
+from simclrv2.data import AugmentConfig, Source, fused_view, pretrain_dataset
 
 
 def synthetic_source(n: int, side: int, seed: int = 0) -> Source:
@@ -161,6 +163,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     print(f"TensorFlow {tf.__version__}, {len(tf.config.list_physical_devices('CPU'))} CPU device, "
           f"batch {args.batch}; figures are two-view images per second")
+    fused = fused_view.load("auto")
+    print("simclrv2.data views: " + ("fused view op (default)" if fused is not None
+                                     else "TF ops (the fused op did not build: see the log)"))
 
     results = {}
     for side, size, batches in ((256, 224, args.batches), (32, 32, args.batches * 8)):
@@ -173,6 +178,9 @@ def main(argv=None) -> int:
             rows = [("baseline per-image (upstream input fn, no blur)", baseline_dataset(source, args.batch, size, False)),
                     ("simclrv2.data, blur deferred (defer_blur=True)",
                      pretrain_dataset(source, args.batch, size, seed=0, defer_blur=True)),
+                    ("simclrv2.data, blur deferred, TF ops (kernel='tf')",
+                     pretrain_dataset(source, args.batch, size, seed=0, defer_blur=True,
+                                      config=AugmentConfig(kernel="tf"))),
                     ("baseline per-image + upstream batch blur", baseline_dataset(source, args.batch, size, True)),
                     ("simclrv2.data, default (blur p=0.5 in the map)", pretrain_dataset(source, args.batch, size, seed=0))]
         else:  # no blur at 32 px, upstream's rule and ours
@@ -189,7 +197,9 @@ def main(argv=None) -> int:
             print(f"  {name:<50s} {measured[name]:8.1f} img/s {cpu[name]:7.2f} CPU ms/img   "
                   f"(runs: {', '.join(f'{r[0]:.0f}' for r in runs[name])})")
         names = [n for n, _ in rows]
-        pairs = [("input fn only", names[0], names[1])] + ([("with blur", names[2], names[3])] if size > 32 else [])
+        pairs = [("input fn only", names[0], names[1])]
+        if size > 32:
+            pairs += [("fn, TF ops", names[0], names[2]), ("with blur", names[3], names[4])]
         for label, base, ours in pairs:
             print(f"  ours / baseline {label + ':':<13s} {measured[ours] / measured[base]:.2f}x images/s, "
                   f"{cpu[base] / cpu[ours]:.2f}x less CPU per image")

@@ -17,6 +17,7 @@ COMMANDS = {
     "distill": ("simclrv2.recipes.cli", "distill_main", "stage 3: distillation into a student"),
     "export": ("simclrv2.export.cli", "export_main", "write SavedModel, ONNX and .keras with checks"),
     "run": ("simclrv2.main_job", "main", "the whole pipeline on the embedded Fashion-MNIST"),
+    "build-ops": ("simclrv2.data.fused_view", "main", "compile the fused augmentation op (make setup does)"),
 }
 
 

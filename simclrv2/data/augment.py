@@ -5,16 +5,19 @@ Every random number an element uses comes from one `tf.random.stateless_uniform`
 in, on threads, or on where the pipeline started, which is what lets a killed run resume at
 batch k and see the very same images.
 
-The ops run per image (see `color_jitter_image` for why batching did not pay on CPU); each view
-is a slice of the uint8 source, mirrored while still uint8 and small, then resized bilinearly
-(`crop_resize_view`).
+Each view is made by `augment_view`: by default one fused C++ op from the uint8 source to the
+finished float view (`fused_view`, `kernels/augment_view.cc`), else the TF ops below: a slice of
+the uint8 source, mirrored while still uint8 and small, resized bilinearly (`crop_resize_view`),
+then `color_image`. Both give the same views to float rounding (tests/test_data_fused_view.py).
 
 Differences from the official `data_util.py` (documented in the README, "Data"):
 - crops are resized bilinearly (`ResizeBilinear`, half-pixel centres; upstream: bicubic `tf.image.resize`);
 - the crop box is drawn like torchvision's RandomResizedCrop (area uniform, log-uniform aspect,
   `crop_attempts` tries, then a centre crop), not by `sample_distorted_bounding_box`;
 - the blur is applied in the input pipeline with one sigma per image (upstream: in the training
-  step, one sigma per batch).
+  step, one sigma per batch);
+- saturation keeps the colour of a pixel whose hue rounds to exactly 1.0, which
+  `tf.image.adjust_saturation` turns grey (`adjust_saturation`; about 1 pixel in 10^6).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import math
 from typing import Optional, Tuple
 
 import tensorflow as tf
+
+from simclrv2.data import fused_view
 
 CROP_PROPORTION = 0.875  # eval centre crop, the ImageNet standard upstream uses
 SMALL_IMAGE = 32  # images this small get CIFAR defaults (strength 0.5, no blur, no eval crop)
@@ -67,6 +72,9 @@ class AugmentConfig:
     blur_prob: Optional[float] = None
     blur_sigma: Tuple[float, float] = (0.1, 2.0)
     blur_kernel_fraction: float = 0.1
+    # How a view is made: "fused" (one C++ op from crop to output, see fused_view.py), "tf" (TF
+    # image ops), "auto" (fused when it builds here). The images are the same to float rounding.
+    kernel: str = "auto"
 
     @classmethod
     def pretrain(cls, **overrides) -> "AugmentConfig":
@@ -111,6 +119,8 @@ class AugmentConfig:
                 raise ValueError(f"AugmentConfig.{name}={getattr(self, name)} must be >= 0")
         if not 0.0 <= self.hue <= 0.5:
             raise ValueError(f"AugmentConfig.hue={self.hue} is a hue shift fraction; use [0, 0.5]")
+        if self.kernel not in fused_view.MODES:
+            raise ValueError(f"AugmentConfig.kernel={self.kernel!r} must be one of {fused_view.MODES}")
         if not 0.0 <= self.blur_kernel_fraction <= 1.0:
             raise ValueError("AugmentConfig.blur_kernel_fraction must be in [0, 1] (upstream: 0.1)")
 
@@ -217,13 +227,30 @@ def crop_resize_view(image: tf.Tensor, window: tf.Tensor, flip: tf.Tensor, size:
     return out
 
 
+def adjust_saturation(x: tf.Tensor, factor) -> tf.Tensor:
+    """`tf.image.adjust_saturation` (HSV saturation times `factor`, clipped to [0, 1]) without
+    leaving RGB: with hue and value fixed, each channel is v - s * v * g(hue), so scaling s maps
+    a channel c to v - (v - c) * s' / s. Also right where TF's kernel is not: it greys a pixel
+    whose hue rounds to exactly 1.0 (e.g. rgb 0.41843998, 0.22047812, 0.22047813 at factor 1.0),
+    which its HSV->RGB table does not cover. The fused op computes the same."""
+    # on separate channels: a reduction over a last axis of 3 costs more than the arithmetic
+    r, g, b = tf.unstack(x, axis=-1)
+    v = tf.maximum(tf.maximum(r, g), b)
+    chroma = v - tf.minimum(tf.minimum(r, g), b)
+    colour = chroma > 0  # grey pixels keep saturation 0
+    s = chroma / tf.where(colour, v, 1.0)
+    k = tf.where(colour, tf.clip_by_value(s * factor, 0.0, 1.0) / tf.where(colour, s, 1.0), 1.0)
+    return tf.clip_by_value(tf.stack([v - (v - r) * k, v - (v - g) * k, v - (v - b) * k], axis=-1),
+                            0.0, 1.0)
+
+
 def color_jitter_image(x: tf.Tensor, p: dict, cfg: AugmentConfig) -> tf.Tensor:
     """Brightness (multiplicative, as SimCLR v2), contrast, saturation, hue in the view's own
     random order, clipping after each, with the factors drawn in `draw_params`.
 
     Per image on purpose: at 224 px a whole batch of float images (77 MB for 64 two-view images)
-    falls out of cache and every unfused op is a trip to memory, while one image stays in cache
-    and the fused AdjustContrast/AdjustSaturation/AdjustHue kernels run on it.
+    falls out of cache and every unfused op is a trip to memory, while one image stays in cache.
+    The fused view op does the same steps; this is its fallback and its reference.
     """
     ops = []
     if cfg.brightness > 0:
@@ -235,7 +262,7 @@ def color_jitter_image(x: tf.Tensor, p: dict, cfg: AugmentConfig) -> tf.Tensor:
     # Saturation and hue keep the HSV value (the channel max) and scale S within [0, 1], so their
     # output is already in [0, 1]: only brightness and contrast need the clip (one pass less).
     if cfg.saturation > 0:
-        ops.append((2, lambda y: tf.image.adjust_saturation(y, p["saturation"]), False))
+        ops.append((2, lambda y: adjust_saturation(y, p["saturation"]), False))
     if cfg.hue > 0:
         ops.append((3, lambda y: tf.image.adjust_hue(y, p["hue"]), False))
     if not ops:
@@ -339,6 +366,44 @@ def color_image(x: tf.Tensor, p: dict, cfg: AugmentConfig, blur: bool = True) ->
         x = tf.cond(p["blur"], lambda: gaussian_blur_batch(x[None], p["sigma"][None], radius)[0],
                     lambda: x)
     return tf.clip_by_value(x, 0.0, 1.0)
+
+
+def _fused_steps(p: dict, cfg: AugmentConfig) -> Tuple[tf.Tensor, tf.Tensor]:
+    """The view's jitter and grayscale as the fused op's steps [5] (ids in the view's random
+    order, -1 where not drawn or switched off) and factors [4]."""
+    order = tf.cast(tf.argsort(p["order_keys"]) if cfg.random_order else tf.range(4), tf.int32)
+    enabled = tf.constant([cfg.brightness > 0, cfg.contrast > 0, cfg.saturation > 0, cfg.hue > 0])
+    run = tf.gather(enabled, order) & p["jitter"] if cfg.jitter_prob > 0 else tf.zeros([4], tf.bool)
+    gray = p["gray"] if cfg.grayscale_prob > 0 else tf.constant(False)
+    steps = tf.concat([tf.where(run, order, -1), tf.where(gray, 4, -1)[None]], axis=0)
+    factors = tf.stack([p["brightness"], p["contrast"], p["saturation"], p["hue"]])
+    return steps, factors
+
+
+def augment_view(image: tf.Tensor, window: tf.Tensor, p: dict, cfg: AugmentConfig, size: int,
+                 blur: bool = True) -> tf.Tensor:
+    """One view float32 [size, size, 3] in [0, 1] of `image` [H, W, C]: the crop `window`,
+    mirrored when drawn, resized, then `color_image`'s steps (the blur only when `blur`).
+
+    One fused op (`fused_view`) for uint8 sources when `cfg.kernel` allows and it builds here;
+    otherwise the TF ops (`crop_resize_view`, `color_image`), which give the same view to float
+    rounding."""
+    channels = image.shape[-1]
+    fused = (fused_view.load(cfg.kernel)
+             if image.dtype == tf.uint8 and channels in (1, 3) else None)
+    if fused is not None:
+        steps, factors = _fused_steps(p, cfg)
+        radius = blur_radius(size, cfg) if blur and cfg.blur_prob > 0 else 0
+        sigma = blur_sigma(p, cfg, size) if radius > 0 else tf.zeros([])
+        return fused.simclr_augment_view(image, window, p["flip"], steps, factors, sigma,
+                                         size=size, blur_radius=radius)
+    view = crop_resize_view(image, window, p["flip"], size)
+    if view.shape[-1] == 1:
+        view = tf.image.grayscale_to_rgb(view)
+    view.set_shape([size, size, 3])
+    if cfg.uses_color:
+        view = color_image(view, p, cfg, blur=blur)
+    return view
 
 
 def center_crop_window(height, width, size: int, crop_proportion: float) -> tf.Tensor:

@@ -91,7 +91,8 @@ def _augmented(source: Source, batch_size: int, image_size: int, seed: int, star
     float32 [B] blur sigmas (0: not blurred) for `augment.apply_deferred_blur`.
 
     Each element is augmented on its own inside one parallel map (see color_jitter_image for why
-    per image beats per batch on CPU); each view is sliced and resized from the uint8 source.
+    per image beats per batch on CPU); each view is made from the uint8 source by
+    `augment.augment_view` (one fused op where it builds).
     """
     seed = int(seed)
     size = image_size
@@ -102,14 +103,8 @@ def _augmented(source: Source, batch_size: int, image_size: int, seed: int, star
         windows = aug.crop_windows(params, shape[0], shape[1], cfg)
         views, sigmas = [], []
         for v in range(num_views):
-            view = aug.crop_resize_view(image, windows[v], params["flip"][v], size)
-            if view.shape[-1] == 1:
-                view = tf.image.grayscale_to_rgb(view)
-            view.set_shape([size, size, 3])
             mine = {k: t[v] for k, t in params.items()}
-            if cfg.uses_color:
-                view = aug.color_image(view, mine, cfg, blur=not defer_blur)
-            views.append(view)
+            views.append(aug.augment_view(image, windows[v], mine, cfg, size, blur=not defer_blur))
             if defer_blur:
                 sigmas.append(aug.blur_sigma(mine, cfg, size))
         # separate tensors, not a stack: no [V, S, S, 3] copy per element nor a strided
