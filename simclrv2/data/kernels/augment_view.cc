@@ -1,7 +1,7 @@
 // SimclrAugmentView: one SimCLR view, from the uint8 source to the float32 output, in one op.
 //
 // As TF ops a view is a slice, a cond'ed reverse, ResizeBilinear, a scale, four jitter kernels
-// behind switch_cases (two of them HSV round trips with branches and fmod: about 0.7 ms each per
+// behind switch_cases (two of them HSV round trips with branches and fmod: 0.7-1.1 ms each per
 // 224 px view on one core), a grayscale, a blur and a clip, each a pass over memory. Here the
 // crop is resized straight into three colour planes, every step is a unit-stride loop the
 // compiler vectorises while the view sits in cache, and the planes are interleaved once at the
@@ -220,8 +220,9 @@ void ResizeToPlanes(const uint8_t* image, int64 width, int64 channels, const int
 // ------------------------------------------------------------------------------------------
 // Gaussian blur: separable, 2 * radius + 1 taps normalised over all taps, zero padding (taps
 // past the border are dropped, as a 'SAME' convolution does), height first, then width. Taps
-// whose weight is below 1e-9 are skipped (at radius 11, sigma 1 keeps 7 a side): together they
-// move no output by more than 2.2e-8, and the blur costs about 40% less on average.
+// whose weight is below 1e-9 are skipped (at 224 px, radius 11: sigma 1 keeps 6 a side, and
+// sigma uniform in [0.1, 2] keeps 13 of the 23 taps on average): together they move no output by
+// more than 2.2e-8.
 
 // Eight floats: one AVX register, two SSE ones (GCC/Clang vector extension).
 typedef float Float8 __attribute__((vector_size(32)));
