@@ -13,8 +13,8 @@ except RuntimeError:
 from simclrv2.data import AugmentConfig, Source, finetune_dataset, fused_view, pretrain_dataset
 from simclrv2.data import augment as aug
 
-pytestmark = pytest.mark.skipif(fused_view.load("auto") is None,
-                                reason="the fused op could not be built here (see the log)")
+# Where a compiler exists the op must build: a broken build fails these tests, not skips them.
+pytestmark = pytest.mark.skipif(fused_view.compiler() is None, reason="no C++ compiler on this machine")
 
 
 def smooth_source(n, side, channels=3, seed=0):
@@ -93,6 +93,10 @@ def test_config_rejects_an_unknown_kernel():
         AugmentConfig(kernel="cuda").resolve(32)
 
 
+def test_auto_uses_the_op_where_it_builds():
+    assert fused_view.load("auto") is not None and fused_view.load("fused") is fused_view.load("auto")
+
+
 def test_build_is_atomic_and_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("SIMCLRV2_CACHE", str(tmp_path))
     path = fused_view.build()
@@ -104,7 +108,7 @@ def test_build_is_atomic_and_cached(tmp_path, monkeypatch):
 
 def test_without_a_compiler_auto_falls_back_and_fused_says_why(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("SIMCLRV2_CACHE", str(tmp_path))  # nothing cached there
-    monkeypatch.setattr(fused_view, "_compiler", lambda: None)
+    monkeypatch.setattr(fused_view, "compiler", lambda: None)
     monkeypatch.setattr(fused_view, "_loaded", {})
     assert fused_view.load("tf") is None
     assert fused_view.load("auto") is None
@@ -120,7 +124,7 @@ def test_without_a_compiler_auto_falls_back_and_fused_says_why(tmp_path, monkeyp
 
 def test_a_failed_compile_leaves_nothing_in_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("SIMCLRV2_CACHE", str(tmp_path))
-    monkeypatch.setattr(fused_view, "_compiler", lambda: "false")  # a compiler that always fails
+    monkeypatch.setattr(fused_view, "compiler", lambda: "false")  # a compiler that always fails
     with pytest.raises(fused_view.FusedViewUnavailable, match="building the fused view op failed"):
         fused_view.build()
     assert list((tmp_path / "kernels").iterdir()) == []

@@ -48,7 +48,7 @@ def cache_dir() -> Path:
     return Path(root) / "kernels"
 
 
-def _compiler() -> Optional[str]:
+def compiler() -> Optional[str]:
     return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
 
 
@@ -71,7 +71,7 @@ def build(force: bool = False) -> Path:
     target = library_path()
     if target.exists() and not force:
         return target
-    cxx = _compiler()
+    cxx = compiler()
     if cxx is None:
         raise FusedViewUnavailable(
             "no C++ compiler found for the fused view op: install g++ (Debian: apt-get install g++) "
