@@ -265,14 +265,9 @@ def markdown_report(result: dict) -> str:
 
 def plot(result: dict, path) -> None:
     """Top-1 against the fraction of labels, one colour per width (the paper's Figure 1 axes)."""
-    import matplotlib
+    from simclrv2.plotting import label_fraction_axes, save_label_fraction_plot
 
-    from simclrv2.atomic_files import replacing
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig, ax, plt = label_fraction_axes(figsize=(6.4, 4.4))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, w in enumerate(sorted(result["results"], key=float)):
         r, c = result["results"][w], colours[i % len(colours)]
@@ -292,20 +287,11 @@ def plot(result: dict, path) -> None:
                     markersize=9, label=f"distilled from {float(w):g}x into the narrowest")
     ax.axhline(100 * result["logistic_regression_pixels"]["mean"], color="gray", linestyle="--",
                label="logistic regression on raw pixels (100%)")
-    ax.set_xscale("log")
-    ax.set_xticks([1, 10, 100])
-    ax.set_xticklabels(["1%", "10%", "100%"])
-    ax.set_xlabel("fraction of Fashion-MNIST labels used")
-    ax.set_ylabel("test top-1 (%)")
-    ax.set_title(f"SimCLRv2 in miniature: ResNet-18, {result['options']['image_size']} px, "
-                 f"{result['wall_time_s'] / 60:.0f} min on {result['machine']['cpus']} CPUs",
-                 fontsize=9)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=6.5, loc="lower right")
-    fig.tight_layout()
-    with replacing(path) as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
+    save_label_fraction_plot(
+        fig, ax, path, xlabel="fraction of Fashion-MNIST labels used",
+        title=(f"SimCLRv2 in miniature: ResNet-18, {result['options']['image_size']} px, "
+               f"{result['wall_time_s'] / 60:.0f} min on {result['machine']['cpus']} CPUs"),
+        title_size=9, legend_size=6.5)
 
 
 def report(json_path) -> int:

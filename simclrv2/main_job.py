@@ -18,7 +18,8 @@ import platform
 import sys
 import time
 
-from simclrv2.atomic_files import replacing, write_json
+from simclrv2.atomic_files import write_json
+from simclrv2.plotting import label_fraction_axes, save_label_fraction_plot
 
 FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
 INSTALL_HINT = ("Fashion-MNIST is not installed. It is Debian's dataset-fashion-mnist package:\n"
@@ -252,12 +253,7 @@ def print_table(rows, test_examples):
 
 
 def plot(rows, path, title):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    fig, ax, _ = label_fraction_axes(figsize=(6, 4.2))
     series = {"lineareval": ("SimCLR linear eval", "o--"), "finetune": ("SimCLRv2 fine-tuned", "s-")}
     for prefix, (label, style) in series.items():
         points = sorted((r["label_fraction"] * 100, r["top1"] * 100) for r in rows
@@ -270,18 +266,8 @@ def plot(rows, path, title):
                     label=r["method"])
         if r["stage"] == "pretrain" and r["top1"] is not None:
             ax.axhline(r["top1"] * 100, color="gray", linestyle=":", label="kNN monitor")
-    ax.set_xscale("log")
-    ax.set_xticks([1, 10, 100])
-    ax.set_xticklabels(["1%", "10%", "100%"])
-    ax.set_xlabel("fraction of labels used")
-    ax.set_ylabel("test top-1 (%)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    with replacing(path) as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
+    save_label_fraction_plot(fig, ax, path, xlabel="fraction of labels used", title=title,
+                             title_size=9, legend_size=8)
 
 
 def _versions():
