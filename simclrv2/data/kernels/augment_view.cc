@@ -135,10 +135,6 @@ SIMCLR_CLONES void Grayscale(float* r, float* g, float* b, int64 n) {
   }
 }
 
-SIMCLR_CLONES void ScalePlane(float* x, int64 n, float factor) {
-  for (int64 i = 0; i < n; ++i) x[i] *= factor;
-}
-
 SIMCLR_CLONES void FromPlanes(const float* r, const float* g, const float* b, float* out, int64 n) {
   for (int64 i = 0; i < n; ++i) {
     out[3 * i] = Clip01(r[i]);  // the final clip of color_image
@@ -169,8 +165,10 @@ std::vector<Lerp> LerpTable(int64 in_size, int64 out_size) {
   return table;
 }
 
-SIMCLR_CLONES void LerpRows(const float* top, const float* bottom, float weight, float* out, int64 n) {
-  for (int64 j = 0; j < n; ++j) out[j] = top[j] + (bottom[j] - top[j]) * weight;
+// out = lerp(top, bottom, weight) * scale: TF's vertical lerp, then its uint8 -> [0, 1] scale
+SIMCLR_CLONES void LerpRows(const float* top, const float* bottom, float weight, float scale,
+                            float* out, int64 n) {
+  for (int64 j = 0; j < n; ++j) out[j] = (top[j] + (bottom[j] - top[j]) * weight) * scale;
 }
 
 // Resizes the window into the planes the way TF does (first along the width, giving a resized
@@ -208,10 +206,9 @@ void ResizeToPlanes(const uint8_t* image, int64 width, int64 channels, const int
     const float* bottom = scratch->data() + (rows[i].upper - first) * row_values;
     for (int64 c = 0; c < channels; ++c) {
       float* out = planes + c * plane + i * size;
-      LerpRows(top + c * size, bottom + c * size, rows[i].weight, out, size);
+      LerpRows(top + c * size, bottom + c * size, rows[i].weight, to_unit, out, size);
     }
   }
-  ScalePlane(planes, channels * plane, to_unit);
   for (int64 c = channels; c < 3; ++c) {  // grey source: the one plane in all three
     std::copy(planes, planes + plane, planes + c * plane);
   }
@@ -256,7 +253,9 @@ SIMCLR_CLONES void SymmetricRowSum(const float* const* rows, const float* taps, 
 void BlurPlane(float* plane, int64 size, const std::vector<float>& taps, int radius,
                std::vector<float>* scratch) {
   const int k = 2 * radius + 1;
-  scratch->assign(size * size + 2 * (size + 2 * radius), 0.0f);
+  // tmp is written in full below; only the padded row's margins and the zero row must be zero
+  scratch->resize(size * size + 2 * (size + 2 * radius));
+  std::fill(scratch->begin() + size * size, scratch->end(), 0.0f);
   float* tmp = scratch->data();
   float* padded = tmp + size * size;
   const float* zeros = padded + size + 2 * radius;  // a row of zeros: the padding rows
