@@ -128,3 +128,11 @@ def test_a_failed_compile_leaves_nothing_in_the_cache(tmp_path, monkeypatch):
     with pytest.raises(fused_view.FusedViewUnavailable, match="building the fused view op failed"):
         fused_view.build()
     assert list((tmp_path / "kernels").iterdir()) == []
+
+
+def test_a_compiler_that_cannot_run_is_named_with_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("SIMCLRV2_CACHE", str(tmp_path))
+    monkeypatch.setattr(fused_view, "compiler", lambda: str(tmp_path / "no-such-g++"))
+    with pytest.raises(fused_view.FusedViewUnavailable, match="could not be run .*install g\\+\\+ or point CXX"):
+        fused_view.build()
+    assert list((tmp_path / "kernels").iterdir()) == []

@@ -2,11 +2,11 @@
 
 A SimCLR view as TF ops is a dozen kernels (crop, mirror, resize, four jitter steps behind
 `switch_case`s, two of them HSV round trips, grayscale, blur, clip); as one op, crop to output,
-it runs in a fraction of the time (README, "Input speed"). The op
-is compiled once with the system C++ compiler against the installed TensorFlow and cached under
-`$SIMCLRV2_CACHE/kernels` (default `~/.cache/simclrv2/kernels`), in a file named by a hash of
-the source, the TensorFlow version and the flags, written to a temporary name and renamed.
-`make setup` builds it; otherwise the first pipeline that needs it does (about 10 s).
+it runs in a fraction of the time (README, "Input speed"). The op is compiled once with the
+system C++ compiler against the installed TensorFlow and cached under `$SIMCLRV2_CACHE/kernels`
+(default `~/.cache/simclrv2/kernels`), in a file named by a hash of the source, the TensorFlow
+version and the flags, written to a temporary name and renamed. `make setup` builds it;
+otherwise the first pipeline that needs it does (about 20 s).
 
 Where it can't be built or loaded (no compiler, another platform) the augmentations fall back to
 the TF ops, which give the same images to float rounding, and say so once in the log.
@@ -85,7 +85,12 @@ def build(force: bool = False) -> Path:
     os.close(fd)
     cmd = [cxx, "-shared", "-fPIC", *_OPT_FLAGS, "-o", tmp, str(SOURCE), *_flags()]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+        except OSError as err:
+            raise FusedViewUnavailable(
+                f"the C++ compiler {cxx!r} could not be run ({err}): install g++ or point CXX at "
+                "one; until then the augmentations use TF ops (same images, slower)") from err
         if proc.returncode != 0:
             raise FusedViewUnavailable(
                 f"building the fused view op failed ({' '.join(cmd)}):\n{proc.stderr[-2000:]}\n"
