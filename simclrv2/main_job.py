@@ -30,51 +30,94 @@ EXPORT_FORMATS = ("savedmodel", "onnx", "keras")
 TRAIN_SIZE = 60000
 
 
+# The job's settings, chosen on the validation split (5,000 training images held out with a
+# fixed seed; `simclrv2 run --validation`), never on the test images: docs/main_job.md shows
+# the validation runs behind each choice (benchmarks/tune_main_job.py reruns them).
+DEFAULTS = dict(image_size=16, steps=200, finetune_steps=150, distill_steps=150)
+QUICK = dict(steps=6, finetune_steps=4, distill_steps=4)
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog="simclrv2 run",
         description="SimCLRv2 end to end on Fashion-MNIST: pretrain, linear eval, fine-tune on "
-                    "1%% and 10%% of the labels, distill, export. About 10 minutes on 2 CPU cores "
-                    "(--quick: a 1-2 minute smoke run with the same stages and outputs). Run it "
-                    "again to resume; finished stages are reused.")
+                    "1%% and 10%% of the labels, distill, export, beside the baselines they "
+                    "must beat (logistic regression on the raw pixels, the same networks "
+                    "trained on the labels alone). About 10 minutes on 2 CPU cores (--quick: a "
+                    "1-2 minute smoke run with the same stages and outputs). Run it again to "
+                    "resume; finished stages are reused.")
     parser.add_argument("--run-dir", default="runs/main", help="where everything goes (default "
                         "runs/main)")
     parser.add_argument("--quick", action="store_true", help="a one-to-two-minute smoke version: "
-                        "few steps, small batches, evaluation on 1000 test images")
+                        "few steps, small batches, evaluation on 1000 images")
+    parser.add_argument("--validation", action="store_true",
+                        help="train on 55,000 training images and report top-1 on the other "
+                             "5,000 (held out with a fixed seed) instead of the test split: how "
+                             "the job's settings were chosen; no export")
     parser.add_argument("--width", type=float, default=0.25,
                         help="ResNet-18 width multiplier of the teacher (default 0.25)")
     parser.add_argument("--student-width", type=float, default=None,
                         help="the distilled student's width (default: half of --width)")
     parser.add_argument("--steps", type=int, default=None,
-                        help="contrastive pretraining steps (default 200, --quick 6)")
+                        help=f"contrastive pretraining steps (default {DEFAULTS['steps']}, "
+                             f"--quick {QUICK['steps']})")
     parser.add_argument("--finetune-steps", type=int, default=None,
-                        help="fine-tuning steps for each label fraction (default 150, --quick 4)")
+                        help=f"steps of each fine-tuning and from-scratch run (default "
+                             f"{DEFAULTS['finetune_steps']}, --quick {QUICK['finetune_steps']})")
     parser.add_argument("--distill-steps", type=int, default=None,
-                        help="distillation steps (default 150, --quick 4)")
-    parser.add_argument("--image-size", type=int, default=16,
-                        help="side the 32 px (padded) images are read at; 16 keeps the run "
-                             "near 10 minutes on 2 cores, 32 costs about 4x (default 16)")
+                        help=f"distillation steps (default {DEFAULTS['distill_steps']}, "
+                             f"--quick {QUICK['distill_steps']})")
+    parser.add_argument("--image-size", type=int, default=DEFAULTS["image_size"],
+                        help=f"side the 32 px (padded) images are read at (default "
+                             f"{DEFAULTS['image_size']})")
+    parser.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE",
+                        dest="settings",
+                        help="override one recipe value of the stages whose name starts with "
+                             "STAGE (pretrain, lineareval, finetune, scratch, distill, student), "
+                             "e.g. --set pretrain.temperature=0.5; repeatable")
     parser.add_argument("--data-dir", default=None,
                         help=f"folder with the Fashion-MNIST idx .gz files (default {FMNIST_DIR})")
+    parser.add_argument("--only", default=None, metavar="STAGE,STAGE",
+                        help="run just these stages (their inputs must exist or be listed too), "
+                             "e.g. pixels,pretrain,lineareval_100pct when tuning pretraining")
     parser.add_argument("--no-export", action="store_true", help="skip the export stage")
     args = parser.parse_args(argv)
-    quick = args.quick
-    args.steps = args.steps if args.steps is not None else (6 if quick else 200)
-    args.finetune_steps = args.finetune_steps if args.finetune_steps is not None else (
-        4 if quick else 150)
-    args.distill_steps = args.distill_steps if args.distill_steps is not None else (
-        4 if quick else 150)
+    preset = QUICK if args.quick else DEFAULTS
+    for name in ("steps", "finetune_steps", "distill_steps"):
+        if getattr(args, name) is None:
+            setattr(args, name, preset[name])
     args.student_width = args.student_width or args.width / 2
     for name in ("steps", "finetune_steps", "distill_steps", "image_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.image_size < 8:
         parser.error("--image-size must be >= 8 (the exported model needs 8 px or more)")
+    for setting in args.settings:
+        target, _, value = setting.partition("=")
+        stage, _, key = target.partition(".")
+        if not (stage and key and value):
+            parser.error(f"--set {setting!r}: expected STAGE.KEY=VALUE, e.g. "
+                         f"pretrain.temperature=0.5")
+        if not stage.startswith(SETTABLE):
+            parser.error(f"--set {setting!r}: STAGE must be one of {', '.join(SETTABLE)}")
+    if args.validation:
+        args.no_export = True
     return args
+
+
+SETTABLE = ("pretrain", "lineareval", "finetune", "scratch", "distill", "student")
 
 
 def _arch(width):
     return f"r18_{width:g}x_sk0"
+
+
+def _setting_value(text):
+    """A --set value as JSON when it parses (0.5, true, 300), else the string itself."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def plan(args):
@@ -84,40 +127,67 @@ def plan(args):
     quick = args.quick
     common = dict(dataset="fashion_mnist", image_size=args.image_size, log_steps=10,
                   eval_batch_size=500, num_eval_examples=1000 if quick else 0, seed=0,
-                  progress_bar=True)
+                  progress_bar=True, eval_split="validation" if args.validation else "test")
     if args.data_dir:
         common["data_dir"] = args.data_dir
+    teacher, student = _arch(args.width), _arch(args.student_width)
     pre_dir = run / "pretrain"
-    stages = [("pretrain", "pretrain", dict(
-        common, model=_arch(args.width), model_dir=str(pre_dir),
+    stages = [("pixels", "pixels", dict(
+        common, model_dir=str(run / "pixels"), max_iterations=30 if quick else 300))]
+    stages.append(("pretrain", "pretrain", dict(
+        common, model=teacher, model_dir=str(pre_dir),
         global_batch_size=32 if quick else 128, train_steps=args.steps,
         optimizer="lars", learning_rate=0.2, learning_rate_scaling="sqrt",
         warmup_epochs=0.0 if quick else 0.05, weight_decay=1e-6, temperature=0.2,
-        lineareval_while_pretraining=False, knn_steps=max(1, args.steps // 2),
-        knn_bank_size=500 if quick else 5000, checkpoint_steps=max(1, min(50, args.steps // 2))))]
-    # Linear eval on all 60k labels costs a forward pass over the training set: left out of
-    # --quick, which must stay near a minute.
+        lineareval_while_pretraining=False, knn_steps=0,
+        knn_bank_size=500 if quick else 5000, checkpoint_steps=max(1, min(50, args.steps // 2)))))
+    # Linear eval: the raw-pixel baseline's classifier (softmax regression fitted by L-BFGS) on
+    # the frozen features, so that row and the baseline differ only in what they read. On all
+    # 60k labels it needs a forward pass over the training set: left out of --quick.
     for pct in ((1, 10) if quick else (1, 10, 100)):
         stages.append((f"lineareval_{pct}pct", "lineareval", dict(
             common, checkpoint=str(pre_dir / "model.keras"), model_dir=str(run / f"lineareval_{pct}pct"),
-            label_fraction=pct / 100, global_batch_size=256, train_steps=20 if quick else 500,
-            optimizer="momentum", learning_rate=0.1, learning_rate_scaling="linear")))
+            label_fraction=pct / 100, solver="lbfgs", weight_decay=1e-4,
+            train_steps=30 if quick else 300)))
+
+    def supervised(name, pct, **values):
+        # Momentum SGD rather than the paper's LARS: LARS moves each layer by lr x 0.001 of its
+        # norm per step, which suits 60 epochs, not a few hundred steps.
+        return (name, "finetune", dict(
+            common, model_dir=str(run / name), label_fraction=pct / 100,
+            global_batch_size=32 if quick else 64, train_steps=args.finetune_steps,
+            optimizer="momentum", learning_rate=0.05, learning_rate_scaling="none",
+            ft_proj_selector=1, checkpoint_steps=max(1, min(50, args.finetune_steps)), **values))
+
     for pct in (1, 10):
-        stages.append((f"finetune_{pct}pct", "finetune", dict(
-            common, checkpoint=str(pre_dir), model_dir=str(run / f"finetune_{pct}pct"),
-            label_fraction=pct / 100, global_batch_size=32 if quick else 64,
-            # Momentum SGD rather than the paper's LARS: LARS moves each layer by lr x 0.001 of
-            # its norm per step, which suits 60 epochs, not a 150-step budget.
-            train_steps=args.finetune_steps, optimizer="momentum", learning_rate=0.05,
-            learning_rate_scaling="none", ft_proj_selector=1,
-            checkpoint_steps=max(1, min(50, args.finetune_steps)))))
+        stages.append(supervised(f"finetune_{pct}pct", pct, checkpoint=str(pre_dir)))
+    # The baselines: the very same network (projection layer 1 included) and label subsets
+    # (same label_seed), from random weights, at the same steps.
+    for pct in (1, 10):
+        stages.append(supervised(f"scratch_{pct}pct", pct, model=teacher,
+                                 zero_init_logits_layer=False))
     stages.append(("distill", "distill", dict(
-        common, teacher=str(run / "finetune_10pct"), student=_arch(args.student_width),
+        common, teacher=str(run / "finetune_10pct"), student=student,
         model_dir=str(run / "distill"), temperature=1.0, labeled_weight=0.0,
         global_batch_size=32 if quick else 64, train_steps=args.distill_steps,
         optimizer="momentum", learning_rate=0.1, learning_rate_scaling="none",
         warmup_epochs=0.0, weight_decay=1e-5,
         checkpoint_steps=max(1, min(50, args.distill_steps)))))
+    # What the student's labels alone give: the student network trained on the teacher's 10%.
+    stages.append(supervised("student_10pct", 10, model=student, zero_init_logits_layer=False))
+
+    for setting in args.settings:
+        target, _, value = setting.partition("=")
+        prefix, _, key = target.partition(".")
+        for _, _, overrides in [st for st in stages if st[0].startswith(prefix)]:
+            overrides[key] = _setting_value(value)
+    if args.only:
+        wanted = set(args.only.split(","))
+        unknown = wanted - {name for name, _, _ in stages}
+        if unknown:
+            raise SystemExit(f"simclrv2 run: --only names unknown stages {sorted(unknown)}; "
+                             f"stages: {', '.join(name for name, _, _ in stages)}")
+        stages = [stage for stage in stages if stage[0] in wanted]
     return stages
 
 
@@ -172,7 +242,35 @@ def _export_module():
     return export if hasattr(export, "export_model") else None
 
 
+def run_pixels(overrides):
+    """The raw-pixel baseline: logistic regression (L-BFGS) on every training label."""
+    import types
+
+    from simclrv2 import baselines
+    from simclrv2.recipes import data_io
+
+    started = time.time()
+    split = types.SimpleNamespace(**{k: overrides.get(k) for k in (
+        "dataset", "data_dir", "eval_split")}, validation_examples=5000)
+    train, evaluation = data_io.training_source(split), data_io.evaluation_source(split)
+    limit = overrides["num_eval_examples"] or len(evaluation)
+    top1 = baselines.pixel_logistic_regression_top1(
+        train.native.images, train.labels, evaluation.native.images[:limit],
+        evaluation.labels[:limit], train.num_classes,
+        max_iterations=overrides["max_iterations"], seed=overrides["seed"])
+    key = f"{overrides['eval_split']}_top1"
+    result = {"status": "done", key: top1, "eval_split": overrides["eval_split"],
+              "num_labeled": len(train), "max_iterations": overrides["max_iterations"],
+              "wall_time_s": round(time.time() - started, 3)}
+    directory = pathlib.Path(overrides["model_dir"])
+    directory.mkdir(parents=True, exist_ok=True)
+    write_json(directory / "result.json", result)
+    return result
+
+
 def run_stage(kind, overrides):
+    if kind == "pixels":
+        return run_pixels(overrides)
     from simclrv2.recipes import config as config_lib
     from simclrv2.recipes import stages
 
@@ -202,9 +300,12 @@ def run_export(run, args):
 
 
 def _top1_of(result):
-    """A stage's headline figure: test top-1, or the kNN monitor's for pretraining."""
-    top1 = result.get("test_top1")
-    return result.get("knn_top1") if top1 is None else top1
+    """A stage's headline figure: top-1 on the evaluation split, or the kNN monitor's for
+    pretraining."""
+    for key in ("test_top1", "validation_top1"):
+        if result.get(key) is not None:
+            return result[key]
+    return result.get("knn_top1")
 
 
 def _labels_used(fraction):
@@ -212,37 +313,66 @@ def _labels_used(fraction):
 
 
 def collect(run, stages, args):
-    """The results table: one row per evaluated model."""
+    """The results table: one row per evaluated model, baselines included."""
     job = _read_json(run / "job.json")
     walls = job.get("stage_wall_s", {})
     rows = []
     for name, kind, overrides in stages:
         result = _read_json(pathlib.Path(overrides["model_dir"]) / "result.json") or {}
-        if kind == "pretrain":
-            rows.append(dict(method=f"kNN monitor (k=200) on SimCLR features, {overrides['model']}",
-                             stage=name, label_fraction=0.0,
-                             labels_used=f"{overrides['knn_bank_size']} (kNN bank only)",
-                             top1=result.get("knn_top1"), wall_s=walls.get(name)))
+        fraction = overrides.get("label_fraction", 1.0)
+        labels = result.get("num_labeled")
+        row = dict(stage=name, label_fraction=fraction,
+                   labels_used=(f"{labels} ({fraction * 100:g}%)" if labels
+                                else _labels_used(fraction)),
+                   top1=_top1_of(result), wall_s=walls.get(name))
+        if kind == "pixels":
+            row.update(method="baseline: logistic regression on raw pixels")
+        elif kind == "pretrain":
+            row.update(method=f"kNN monitor (k=200) on SimCLR features, {overrides['model']}",
+                       label_fraction=0.0,
+                       labels_used=f"{overrides['knn_bank_size']} (kNN bank only)")
         elif kind == "lineareval":
-            rows.append(dict(method=f"SimCLR linear eval, {args.width:g}x", stage=name,
-                             label_fraction=overrides["label_fraction"],
-                             labels_used=_labels_used(overrides["label_fraction"]),
-                             top1=result.get("test_top1"), wall_s=walls.get(name)))
-        elif kind == "finetune":
-            rows.append(dict(method=f"SimCLRv2 fine-tuned (teacher), {args.width:g}x", stage=name,
-                             label_fraction=overrides["label_fraction"],
-                             labels_used=_labels_used(overrides["label_fraction"]),
-                             top1=result.get("test_top1"), wall_s=walls.get(name)))
+            row.update(method=f"SimCLR linear eval, {args.width:g}x")
+        elif name.startswith("finetune"):
+            row.update(method=f"SimCLRv2 fine-tuned (teacher), {args.width:g}x")
+        elif name.startswith("scratch"):
+            row.update(method=f"baseline: same network from scratch, {args.width:g}x")
         elif kind == "distill":
-            rows.append(dict(method=f"distilled student {args.student_width:g}x (10% teacher)",
-                             stage=name, label_fraction=0.1,
-                             labels_used=_labels_used(0.1) + " via teacher",
-                             top1=result.get("test_top1"), wall_s=walls.get(name)))
+            row.update(method=f"distilled student {args.student_width:g}x (10% teacher)",
+                       label_fraction=0.1, labels_used=_labels_used(0.1) + " via teacher")
+        else:
+            row.update(method=f"baseline: student {args.student_width:g}x on the 10% labels")
+        rows.append(row)
     return rows
 
 
-def print_table(rows, test_examples):
-    print(f"\nFashion-MNIST test top-1 ({test_examples} test images)")
+def aims(rows):
+    """(aim, met or None when a figure is missing, figures) for each aim of the job."""
+    top1 = {r["stage"]: r["top1"] for r in rows}
+
+    def judged(text, figures, test):
+        missing = any(v is None for v in figures.values())
+        return {"aim": text, "met": None if missing else bool(test(figures)), "figures": figures}
+
+    return [
+        judged("linear eval on 100% of the labels >= logistic regression on raw pixels",
+               {"linear_eval_100pct": top1.get("lineareval_100pct"), "pixels": top1.get("pixels")},
+               lambda f: f["linear_eval_100pct"] >= f["pixels"]),
+        judged("fine-tuned on 1% >= from scratch on 1% + 5 points",
+               {"finetune_1pct": top1.get("finetune_1pct"), "scratch_1pct": top1.get("scratch_1pct")},
+               lambda f: f["finetune_1pct"] >= f["scratch_1pct"] + 0.05),
+        judged("fine-tuned on 10% >= fine-tuned on 1%",
+               {"finetune_10pct": top1.get("finetune_10pct"),
+                "finetune_1pct": top1.get("finetune_1pct")},
+               lambda f: f["finetune_10pct"] >= f["finetune_1pct"]),
+        judged("distilled student >= the same student trained on the teacher's 10% labels",
+               {"distilled": top1.get("distill"), "student_10pct": top1.get("student_10pct")},
+               lambda f: f["distilled"] >= f["student_10pct"]),
+    ]
+
+
+def print_table(rows, eval_name):
+    print(f"\nFashion-MNIST top-1 on {eval_name}")
     header = f"{'method':<52} {'labels used':<24} {'top-1':>7} {'wall':>8}"
     print(header)
     print("-" * len(header))
@@ -252,22 +382,40 @@ def print_table(rows, test_examples):
         print(f"{r['method']:<52} {r['labels_used']:<24} {top1:>7} {wall:>8}")
 
 
-def plot(rows, path, title):
-    fig, ax, _ = label_fraction_axes(figsize=(6, 4.2))
-    series = {"lineareval": ("SimCLR linear eval", "o--"), "finetune": ("SimCLRv2 fine-tuned", "s-")}
-    for prefix, (label, style) in series.items():
-        points = sorted((r["label_fraction"] * 100, r["top1"] * 100) for r in rows
-                        if r["stage"].startswith(prefix) and r["top1"] is not None)
+def print_aims(judged):
+    print()
+    for aim in judged:
+        status = {True: "MET   ", False: "MISSED", None: "n/a   "}[aim["met"]]
+        figures = ", ".join(f"{k} {'-' if v is None else f'{100 * v:.2f}%'}"
+                            for k, v in aim["figures"].items())
+        print(f"{status} {aim['aim']}: {figures}")
+
+
+def plot(rows, path, title, ylabel):
+    fig, ax, _ = label_fraction_axes(figsize=(6.4, 4.4))
+
+    def curve(prefix):
+        return sorted((r["label_fraction"] * 100, r["top1"] * 100) for r in rows
+                      if r["stage"].startswith(prefix) and r["top1"] is not None)
+
+    for prefix, label, style in (("finetune", "SimCLRv2 fine-tuned", "s-"),
+                                 ("lineareval", "SimCLR linear eval", "o--"),
+                                 ("scratch", "same network from scratch", "v:")):
+        points = curve(prefix)
         if points:
             ax.plot(*zip(*points), style, label=label)
     for r in rows:
-        if r["stage"] == "distill" and r["top1"] is not None:
-            ax.plot([r["label_fraction"] * 100], [r["top1"] * 100], "r*", markersize=12,
-                    label=r["method"])
-        if r["stage"] == "pretrain" and r["top1"] is not None:
-            ax.axhline(r["top1"] * 100, color="gray", linestyle=":", label="kNN monitor")
+        if r["top1"] is None:
+            continue
+        if r["stage"] == "distill":
+            ax.plot([10], [r["top1"] * 100], "r*", markersize=12, label=r["method"])
+        elif r["stage"] == "student_10pct":
+            ax.plot([10], [r["top1"] * 100], "kx", markersize=9, label=r["method"][10:])
+        elif r["stage"] == "pixels":
+            ax.axhline(r["top1"] * 100, color="gray", linestyle="--",
+                       label="logistic regression on raw pixels (100%)")
     save_label_fraction_plot(fig, ax, path, xlabel="fraction of labels used", title=title,
-                             title_size=9, legend_size=8)
+                             title_size=9, legend_size=7, ylabel=ylabel)
 
 
 def _versions():
@@ -299,7 +447,8 @@ def main(argv=None):
     stages = plan(args)
     total = len(stages) + (0 if args.no_export else 1)
     print(f"simclrv2 run: {total} stages into {run}/ (ResNet-18 {args.width:g}x teacher, "
-          f"{args.student_width:g}x student, {args.image_size} px{', quick' if args.quick else ''})")
+          f"{args.student_width:g}x student, {args.image_size} px{', quick' if args.quick else ''}"
+          f"{', evaluated on the validation split' if args.validation else ''})")
     import keras
 
     try:
@@ -338,8 +487,12 @@ def main(argv=None):
         return 130
 
     rows = collect(run, stages, args)
-    test_examples = 1000 if args.quick else 10000
-    print_table(rows, test_examples)
+    eval_examples = 1000 if args.quick else (5000 if args.validation else 10000)
+    eval_name = (f"{eval_examples} validation images (held out of the training set)"
+                 if args.validation else f"{eval_examples} test images")
+    print_table(rows, eval_name)
+    judged = aims(rows)
+    print_aims(judged)
     job = _read_json(run / "job.json")
     export_summary = {"status": export_report.get("status")}
     if export_report.get("status") == "done":
@@ -350,18 +503,21 @@ def main(argv=None):
     results = {"rows": rows, "options": job["options"], "stage_wall_s": job["stage_wall_s"],
                "total_stage_wall_s": round(sum(job["stage_wall_s"].values()), 1),
                "this_invocation_wall_s": round(time.time() - started, 1),
-               "test_examples": test_examples, "export": export_summary,
+               "eval_split": "validation" if args.validation else "test",
+               "eval_examples": eval_examples, "aims": judged, "export": export_summary,
                "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
                "versions": _versions()}
     write_json(run / "results.json", results)
     plot(rows, run / "results.png",
          f"SimCLRv2 on Fashion-MNIST, ResNet-18 {args.width:g}x, {args.image_size} px"
-         f"{' (quick)' if args.quick else ''}")
+         f"{' (quick)' if args.quick else ''}",
+         ylabel=f"{'validation' if args.validation else 'test'} top-1 (%)")
     print(f"\nwall time: {results['this_invocation_wall_s']:.0f}s this invocation, "
           f"{results['total_stage_wall_s']:.0f}s of stage time in all")
     print(f"results:  {run / 'results.json'}\nplot:     {run / 'results.png'}")
     for name, kind, overrides in stages:
-        files = "result.json, metrics.jsonl" + ("" if kind == "lineareval" else ", model.keras")
+        files = {"pixels": "result.json", "lineareval": "result.json, metrics.jsonl"}.get(
+            kind, "result.json, metrics.jsonl, model.keras")
         print(f"{name + ':':<20}{overrides['model_dir']}  ({files})")
     if export_summary["status"] == "done":
         print(f"{'export:':<20}{run / 'export'}  (saved_model/, model.onnx, model.keras, "

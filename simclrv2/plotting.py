@@ -18,7 +18,7 @@ def label_fraction_axes(figsize):
 
 
 def save_label_fraction_plot(fig, ax, path, *, xlabel: str, title: str, title_size: float,
-                             legend_size: float) -> None:
+                             legend_size: float, ylabel: str = "test top-1 (%)") -> None:
     """Log axis at 1% / 10% / 100%, labels, grid and legend; written atomically, then closed."""
     import matplotlib.pyplot as plt
 
@@ -26,7 +26,7 @@ def save_label_fraction_plot(fig, ax, path, *, xlabel: str, title: str, title_si
     ax.set_xticks([1, 10, 100])
     ax.set_xticklabels(["1%", "10%", "100%"])
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("test top-1 (%)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=title_size)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=legend_size, loc="lower right")

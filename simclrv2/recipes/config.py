@@ -20,6 +20,8 @@ STRATEGIES = ("default", "mirrored", "multiworker", "tpu")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 OPTIMIZERS = ("lars", "momentum", "adamw")
 SCALINGS = ("linear", "sqrt", "none")
+EVAL_SPLITS = ("test", "validation")
+LINEAR_SOLVERS = ("sgd", "lbfgs")
 
 
 class ConfigError(ValueError):
@@ -54,6 +56,11 @@ class RunConfig:
     log_steps: int = 50
     eval_batch_size: int = 256
     num_eval_examples: int = 0  # 0 = the whole split
+    # "validation": train on the training split less `validation_examples` class-balanced
+    # images held out with a fixed seed, and report top-1 on those (for choosing
+    # hyperparameters); "test": train on the whole training split, report on the test split.
+    eval_split: str = "test"
+    validation_examples: int = 5000
     seed: int = 0
     deterministic: bool = False
     progress_bar: bool = True
@@ -63,8 +70,9 @@ class RunConfig:
         _choice("learning_rate_scaling", self.learning_rate_scaling, SCALINGS)
         _choice("strategy", self.strategy, STRATEGIES)
         _choice("mixed_precision", self.mixed_precision, PRECISIONS)
+        _choice("eval_split", self.eval_split, EVAL_SPLITS)
         for name in ("global_batch_size", "image_size", "checkpoint_steps", "keep_checkpoints",
-                     "log_steps", "eval_batch_size"):
+                     "log_steps", "eval_batch_size", "validation_examples"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.train_steps < 0 or self.train_epochs < 0 or self.warmup_epochs < 0:
@@ -73,6 +81,11 @@ class RunConfig:
             raise ConfigError("set train_steps or train_epochs to a positive number")
         if self.learning_rate < 0 or self.weight_decay < 0:
             raise ConfigError("learning_rate and weight_decay must be >= 0")
+
+    @property
+    def top1_key(self) -> str:
+        """The result key of the evaluation figure: test_top1 or validation_top1."""
+        return f"{self.eval_split}_top1"
 
     def total_steps(self, num_examples: int) -> int:
         """Upstream's rule: train_steps, else num_examples * epochs // batch + 1."""
@@ -94,6 +107,7 @@ class PretrainConfig(RunConfig):
     hidden_norm: bool = True
     lineareval_while_pretraining: bool = True
     color_jitter_strength: Optional[float] = None  # None: the data package's rule (0.5 at <= 32 px, else 1.0)
+    crop_area_min: float = 0.08  # smallest crop, as a fraction of the image area (upstream 0.08)
     # Gaussian blur in the training step (upstream's place) instead of the input pipeline.
     # None: in the step when a GPU or TPU runs it (cheap there, and the CPU pipeline then does
     # upstream's work only), in the pipeline on CPU-only hosts.
@@ -107,6 +121,8 @@ class PretrainConfig(RunConfig):
         super().validate()
         if self.temperature <= 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+        if not 0 < self.crop_area_min <= 1:
+            raise ConfigError(f"crop_area_min must be in (0, 1], got {self.crop_area_min}")
         if not 0 <= self.ft_proj_selector <= self.num_proj_layers:
             raise ConfigError(f"ft_proj_selector must be in 0..num_proj_layers="
                               f"{self.num_proj_layers}, got {self.ft_proj_selector}")
@@ -141,6 +157,10 @@ class LinearEvalConfig(RunConfig):
 
     checkpoint: str = ""
     feature: str = "final_avg_pool"  # any endpoint of the model dict
+    # "sgd": the config's optimiser and schedule over mini-batches (upstream's linear eval);
+    # "lbfgs": softmax regression fitted to convergence by L-BFGS (train_steps = iterations,
+    # 300 when 0; weight_decay = its L2), the classifier of the raw-pixel baseline.
+    solver: str = "sgd"
     optimizer: str = "momentum"
     learning_rate: float = 0.1
     warmup_epochs: float = 0.0
@@ -153,6 +173,7 @@ class LinearEvalConfig(RunConfig):
         super().validate()
         if not self.checkpoint:
             raise ConfigError("linear evaluation needs checkpoint (a model_dir or a .keras file)")
+        _choice("solver", self.solver, LINEAR_SOLVERS)
         _check_label_fraction(self)
 
 

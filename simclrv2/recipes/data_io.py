@@ -79,6 +79,54 @@ def load_unlabeled(name: str, split: str = None, data_dir=None) -> Source:
     return _wrap(_data().load_unlabeled(name, split, data_dir))
 
 
+# Fixed, so that every run evaluating on "validation" holds out the very same training images.
+VALIDATION_SEED = 20_060_010
+
+
+def validation_indices(labels, examples: int) -> np.ndarray:
+    """Sorted positions of the validation images: a class-balanced draw of `examples` training
+    images (examples // classes from each class) with the fixed VALIDATION_SEED."""
+    labels = np.asarray(labels)
+    classes = len(np.unique(labels))
+    per_class = examples // max(classes, 1)
+    if per_class < 1:
+        raise ValueError(f"validation_examples={examples} is fewer than the {classes} classes")
+    return _data().label_subset(labels, per_class=per_class, seed=VALIDATION_SEED)
+
+
+def _train_labels(name, data_dir):
+    labels = load_labeled(name, "train", data_dir).labels
+    if labels is None or np.any(labels < 0):
+        raise ValueError(f"{name}: a validation split is carved from the labeled training "
+                         f"images, and this dataset's training split has no labels")
+    return labels
+
+
+def training_source(config, labeled: bool = True) -> Source:
+    """The images a stage may train on: the training split, less the validation images when
+    the stage is evaluated on them (config.eval_split == "validation"), so that a validation
+    figure never scores an image the run trained on."""
+    if labeled:
+        source = load_labeled(config.dataset, "train", config.data_dir)
+    else:
+        source = load_unlabeled(config.dataset, "train", config.data_dir)
+    if config.eval_split != "validation":
+        return source
+    held = validation_indices(_train_labels(config.dataset, config.data_dir),
+                              config.validation_examples)
+    return take(source, np.setdiff1d(np.arange(len(source)), held))
+
+
+def evaluation_source(config) -> Source:
+    """What a stage's top-1 is measured on: the test split, or the validation images carved
+    from the training split (never the test images: hyperparameters are chosen there)."""
+    if config.eval_split == "test":
+        return load_labeled(config.dataset, "test", config.data_dir)
+    train = load_labeled(config.dataset, "train", config.data_dir)
+    return take(train, validation_indices(_train_labels(config.dataset, config.data_dir),
+                                          config.validation_examples))
+
+
 def _balanced(labels, fraction, seed):
     """Class-balanced indices: the data package's rule, so both kinds of source draw alike."""
     return _data().label_subset(labels, fraction=fraction, seed=seed)
@@ -152,17 +200,18 @@ def _synthetic_view(image, key, image_size):
 
 
 def pretrain_dataset(source: Source, batch_size, image_size, seed, start_batch=0,
-                     color_jitter_strength=None, defer_blur=False):
+                     color_jitter_strength=None, defer_blur=False, crop_area_min=None):
     """Endless ((view1, view2), labels), or ((view1, view2), labels, (sigma1, sigma2)) with
     `defer_blur` (see `apply_deferred_blur`). color_jitter_strength None: the data package's
-    rule (0.5 at <= 32 px, 1.0 above)."""
+    rule (0.5 at <= 32 px, 1.0 above); crop_area_min None: its crop area range (0.08, 1)."""
     if source.synthetic:
         def element(x, y, k):
             views = (_synthetic_view(x, k * 2, image_size), _synthetic_view(x, k * 2 + 7, image_size))
             return (views, y, (tf.zeros([]), tf.zeros([]))) if defer_blur else (views, y)
         return _indexed(source, batch_size, start_batch, seed, element)
     data = _data()
-    config = data.AugmentConfig.pretrain(strength=color_jitter_strength)
+    options = {} if crop_area_min is None else {"area_range": (crop_area_min, 1.0)}
+    config = data.AugmentConfig.pretrain(strength=color_jitter_strength, **options)
     return data.pretrain_dataset(source.native, batch_size, image_size=image_size, seed=seed,
                                  start_batch=start_batch, config=config, defer_blur=defer_blur)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import pathlib
 import time
+import weakref
 
 import keras
 import numpy as np
@@ -91,10 +92,18 @@ def _apply(tape, optimizer, loss_groups):
     optimizer.apply_gradients(zip(grads, variables))
 
 
+# One traced inference function per (model, endpoint): a new tf.function on every call retraced
+# the model each time (and TF warned about it).
+_PREDICT_FNS = weakref.WeakKeyDictionary()
+
+
 def _predict(model, key, dataset, limit=0):
     """(outputs[key], labels) of `dataset` in inference mode, as numpy arrays."""
-    fn = tf.function(lambda x: tf.cast(model(x, training=False)[key], tf.float32),
-                     reduce_retracing=True)
+    fns = _PREDICT_FNS.setdefault(model, {})
+    if key not in fns:
+        fns[key] = tf.function(lambda x: tf.cast(model(x, training=False)[key], tf.float32),
+                               reduce_retracing=True)
+    fn = fns[key]
     outs, labels, seen = [], [], 0
     for images, y in dataset:
         outs.append(fn(images).numpy())
@@ -118,17 +127,18 @@ def _finetune_batches(config, train):
     return dataset_fn
 
 
-def _test_top1(config, model, model_dir, step, chief):
-    """Top-1 of the supervised head on the evaluation split, also logged to metrics.jsonl."""
+def _eval_top1(config, model, model_dir, step, chief):
+    """Top-1 of the supervised head on the evaluation split (test or validation), also logged to
+    metrics.jsonl under config.top1_key."""
     _, test_ds = _eval_split(config)
     logits, labels = _predict(model, "logits_sup", test_ds, config.num_eval_examples)
     top1 = _top1(logits, labels)
-    engine.RunLog(model_dir, chief).write(step, {"test_top1": top1}, "eval")
+    engine.RunLog(model_dir, chief).write(step, {config.top1_key: top1}, "eval")
     return top1
 
 
 def _eval_split(config):
-    source = data_io.load_labeled(config.dataset, "test", config.data_dir)
+    source = data_io.evaluation_source(config)
     return source, data_io.eval_dataset(source, config.eval_batch_size, config.image_size)
 
 
@@ -195,8 +205,10 @@ def _subset_file(config, model_dir):
     that a run dir reused with other settings never trains on a stale list."""
     if config.label_fraction >= 1.0:
         return None
+    # Positions index the training images the run may use, which the validation split shrinks.
+    held_out = (f"_val{config.validation_examples}" if config.eval_split == "validation" else "")
     return str(pathlib.Path(model_dir) / f"label_subset_{config.label_fraction:g}_"
-                                         f"seed{config.label_seed}.txt")
+                                         f"seed{config.label_seed}{held_out}.txt")
 
 
 def _sync_bn(config, strategy):
@@ -218,12 +230,12 @@ def pretrain(config) -> dict:
     started = time.time()
     strategy, model_dir = _start(config, "pretrain")
     chief = engine.is_chief(strategy)
-    labeled = data_io.load_labeled(config.dataset, "train", config.data_dir)
+    labeled = data_io.training_source(config, labeled=True)
     num_classes = config.num_classes or labeled.num_classes
     # Without the linear head the contrastive loss never sees a label, so it reads the images as
     # unlabeled; the labels serve only the kNN monitor's memory bank.
-    train = labeled if config.lineareval_while_pretraining else data_io.load_unlabeled(
-        config.dataset, "train", config.data_dir)
+    train = labeled if config.lineareval_while_pretraining else data_io.training_source(
+        config, labeled=False)
     num_examples = config.num_train_examples or len(train)
     schedule, total = _schedule(config, num_examples)
     with strategy.scope():
@@ -282,7 +294,8 @@ def pretrain(config) -> dict:
         return data_io.pretrain_dataset(train, config.global_batch_size, config.image_size,
                                         config.seed, start_batch=start_batch,
                                         color_jitter_strength=config.color_jitter_strength,
-                                        defer_blur=defer_blur)
+                                        defer_blur=defer_blur,
+                                        crop_area_min=config.crop_area_min)
 
     test, test_ds = _eval_split(config)
     bank_source = labeled if not config.knn_bank_size else data_io.subset(
@@ -309,7 +322,8 @@ def pretrain(config) -> dict:
         scores = evaluate()
         engine.RunLog(model_dir, chief).write(step, scores, kind="eval")
         result.update(scores)
-        result["test_top1"] = scores.get("linear_top1")
+        result[config.top1_key] = scores.get("linear_top1")
+        result["eval_split"] = config.eval_split
     return _finish(model_dir, "pretrain", result, model, chief, started)
 
 
@@ -356,7 +370,8 @@ def _supervised_run(config, stage, model, strategy, model_dir, train, num_classe
     result = {"status": status, "steps": step, "train_metrics": metrics,
               "num_labeled": len(train)}
     if status == "done":
-        result["test_top1"] = _test_top1(config, model, model_dir, step, chief)
+        result[config.top1_key] = _eval_top1(config, model, model_dir, step, chief)
+        result["eval_split"] = config.eval_split
     return _finish(model_dir, stage, result, model, chief, started)
 
 
@@ -365,7 +380,7 @@ def finetune(config) -> dict:
 
     started = time.time()
     strategy, model_dir = _start(config, "finetune")
-    train = data_io.load_labeled(config.dataset, "train", config.data_dir)
+    train = data_io.training_source(config, labeled=True)
     num_classes = config.num_classes or train.num_classes
     train = data_io.subset(train, config.label_fraction, config.label_seed,
                            _subset_file(config, model_dir))
@@ -395,15 +410,16 @@ def finetune(config) -> dict:
 # linear evaluation (offline)
 
 def linear_eval(config) -> dict:
-    """Features of the frozen network (no augmentation), then a linear classifier trained on them
-    with the config's optimiser and schedule; reports test top-1. Single device: the features are
-    small, and no checkpoint is kept (it takes seconds to redo)."""
+    """Features of the frozen network (no augmentation), then a linear classifier on them (the
+    config's optimiser and schedule, or L-BFGS with solver="lbfgs"); reports top-1 on the
+    evaluation split. Single device: the features are small, and no checkpoint is kept (it takes
+    seconds to redo)."""
     started = time.time()
     engine.configure_tf(config)
     model_dir = pathlib.Path(config.model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     network = load_network(config.checkpoint)
-    train = data_io.load_labeled(config.dataset, "train", config.data_dir)
+    train = data_io.training_source(config, labeled=True)
     num_classes = config.num_classes or train.num_classes
     train = data_io.subset(train, config.label_fraction, config.label_seed,
                            _subset_file(config, model_dir))
@@ -417,6 +433,25 @@ def linear_eval(config) -> dict:
     # hundreds, where one learning rate cannot suit every checkpoint.
     mean, std = features.mean(0), features.std(0) + 1e-6
     features, test_features = (features - mean) / std, (test_features - mean) / std
+    log = engine.RunLog(model_dir, True)
+    if config.solver == "lbfgs":
+        steps, loss, train_scores, eval_scores = _linear_lbfgs(config, features, labels,
+                                                               test_features, num_classes)
+    else:
+        steps, loss, train_scores, eval_scores = _linear_sgd(config, features, labels,
+                                                             test_features, num_classes, log)
+    result = {"status": "done", "steps": steps, "train_metrics": {"loss": loss},
+              "train_top1": _top1(train_scores, labels),
+              config.top1_key: _top1(eval_scores, test_labels),
+              "eval_split": config.eval_split, "solver": config.solver,
+              "feature": config.feature, "feature_standardized": True,
+              "num_labeled": len(labels)}
+    log.write(steps, {config.top1_key: result[config.top1_key]}, "eval")
+    return _finish(model_dir, "lineareval", result, None, True, started)
+
+
+def _linear_sgd(config, features, labels, test_features, num_classes, log):
+    """The config's optimiser over mini-batches: (steps, last loss, train scores, eval scores)."""
     schedule, total = _schedule(config, len(labels))
     head = keras.layers.Dense(num_classes, kernel_initializer="zeros", name="head_supervised")
     head.build((None, features.shape[1]))
@@ -433,7 +468,6 @@ def linear_eval(config) -> dict:
         _apply(tape, optimizer, [(scaled, head.trainable_variables)])
         return loss
 
-    log = engine.RunLog(model_dir, True)
     loss = None
     for index, (x, y) in enumerate(ds.take(total), start=1):
         loss = float(step(x, y))
@@ -442,13 +476,21 @@ def linear_eval(config) -> dict:
                                             f"lower learning_rate ({config.learning_rate})")
         if index % config.log_steps == 0 or index == total:
             log.write(index, {"loss": loss, "lr": float(optimizer.learning_rate)})
-    result = {"status": "done", "steps": total, "train_metrics": {"loss": loss},
-              "train_top1": _top1(head(features).numpy(), labels),
-              "test_top1": _top1(head(test_features).numpy(), test_labels),
-              "feature": config.feature, "feature_standardized": True,
-              "num_labeled": len(labels)}
-    log.write(total, {"test_top1": result["test_top1"]}, "eval")
-    return _finish(model_dir, "lineareval", result, None, True, started)
+    return total, loss, head(features).numpy(), head(test_features).numpy()
+
+
+def _linear_lbfgs(config, features, labels, test_features, num_classes):
+    """Softmax regression fitted to convergence (the raw-pixel baseline's classifier)."""
+    from simclrv2 import baselines
+
+    iterations = config.train_steps or 300
+    weights = baselines.fit_logistic_regression(features, labels, num_classes,
+                                                l2=config.weight_decay,
+                                                max_iterations=iterations, seed=config.seed)
+    train_scores = baselines.predict(weights, features)
+    logits = train_scores - train_scores.max(1, keepdims=True)
+    loss = float(np.mean(np.log(np.exp(logits).sum(1)) - logits[np.arange(len(labels)), labels]))
+    return iterations, loss, train_scores, baselines.predict(weights, test_features)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -481,10 +523,10 @@ def distill(config) -> dict:
     strategy, model_dir = _start(config, "distill")
     chief = engine.is_chief(strategy)
     if config.labeled_weight > 0:
-        train = data_io.load_labeled(config.dataset, "train", config.data_dir)
+        train = data_io.training_source(config, labeled=True)
     else:
         # The loss is the teacher's soft labels only: the images are read as unlabeled.
-        train = data_io.load_unlabeled(config.dataset, "train", config.data_dir)
+        train = data_io.training_source(config, labeled=False)
     num_classes = config.num_classes or train.num_classes
     if config.labeled_weight > 0 and config.label_fraction < 1:
         # Unlabeled examples keep their images but get label -1, which the labeled loss skips.
@@ -535,7 +577,8 @@ def distill(config) -> dict:
         optimizer=optimizer, replica_step=replica_step, dataset_fn=dataset_fn, total_steps=total)
     result = {"status": status, "steps": step, "train_metrics": metrics}
     if status == "done":
-        result["test_top1"] = _test_top1(config, student, model_dir, step, chief)
+        result[config.top1_key] = _eval_top1(config, student, model_dir, step, chief)
+        result["eval_split"] = config.eval_split
     return _finish(model_dir, "distill", result, student, chief, started)
 
 
