@@ -24,7 +24,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # variant name -> extra `simclrv2 run` arguments. Pretraining variants get about the same
 # pretraining wall time (~4 min here: the step counts follow the measured step costs, 0.67 /
 # 1.2 / 1.9 s per 128-pair step at 16 / 22 / 28 px, 1.1 s per 64-pair step at 28 px).
-PRETRAIN_STAGES = "pixels,pretrain,lineareval_100pct"
+PRETRAIN_STAGES = "pretrain,lineareval_100pct"
 GROUPS = {
     "pretrain": {
         "px16_b128": ["--image-size", "16", "--steps", "360"],

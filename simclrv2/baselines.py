@@ -11,45 +11,56 @@ import numpy as np
 
 
 def _with_bias(features) -> np.ndarray:
-    x = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
-    return np.hstack([x, np.ones((len(x), 1))])
+    x = np.asarray(features, dtype=np.float32).reshape(len(features), -1)
+    return np.hstack([x, np.ones((len(x), 1), np.float32)])
 
 
 def pixels(images) -> np.ndarray:
-    """[N, H, W, C] uint8 -> [N, H*W*C] float64 in [0, 1]."""
+    """[N, H, W, C] uint8 -> [N, H*W*C] float32 in [0, 1]."""
     images = np.asarray(images)
-    return images.reshape(len(images), -1).astype(np.float64) / 255.0
+    return images.reshape(len(images), -1).astype(np.float32) / 255.0
 
 
 def fit_logistic_regression(features, labels, num_classes: int, l2: float = 1e-4,
                             max_iterations: int = 300, seed: int = 0) -> np.ndarray:
     """Weights [D + 1, classes] of softmax regression on [N, D] features (bias last, not
     penalised), by L-BFGS on the mean cross-entropy + l2/2 |W|^2. The same classifier serves
-    the raw-pixel baseline and the linear evaluation of learned features."""
+    the raw-pixel baseline and the linear evaluation of learned features.
+
+    Columns that are constant over the training set (the zero padding around Fashion-MNIST's
+    digits) are left out of the fit and get zero weight, which is their exact optimum under
+    the L2 penalty (the bias already carries any constant); the products run in float32. Both
+    only make each of the few hundred iterations cheaper (~2.5x on Fashion-MNIST's pixels)."""
     from scipy.optimize import minimize
 
-    x = _with_bias(features)
+    features = np.asarray(features, dtype=np.float32).reshape(len(features), -1)
     y = np.asarray(labels, dtype=np.int64)
-    if len(x) != len(y) or np.any(y < 0) or np.any(y >= num_classes):
-        raise ValueError("logistic regression needs one label in [0, classes) per image")
+    if len(features) != len(y) or np.any(y < 0) or np.any(y >= num_classes):
+        raise ValueError("logistic regression needs one label in [0, classes) per example")
+    varying = np.flatnonzero(features.max(0) > features.min(0))
+    x = np.hstack([features[:, varying], np.ones((len(y), 1), np.float32)])
     d, k = x.shape[1], int(num_classes)
-    onehot = np.eye(k)[y]
+    onehot = np.eye(k, dtype=np.float32)[y]
 
     def loss_and_grad(flat):
         w = flat.reshape(d, k)
-        z = x @ w
+        z = x @ w.astype(np.float32)
         z -= z.max(1, keepdims=True)
         p = np.exp(z)
         p /= p.sum(1, keepdims=True)
-        loss = -np.mean(np.log(p[np.arange(len(y)), y] + 1e-12)) + 0.5 * l2 * np.sum(w[:-1] ** 2)
-        grad = x.T @ (p - onehot) / len(y)
+        loss = (-np.mean(np.log(p[np.arange(len(y)), y].astype(np.float64) + 1e-12))
+                + 0.5 * l2 * np.sum(w[:-1] ** 2))
+        grad = (x.T @ (p - onehot)).astype(np.float64) / len(y)
         grad[:-1] += l2 * w[:-1]
         return loss, grad.ravel()
 
     start = np.random.default_rng(seed).normal(0, 1e-3, d * k)
     fitted = minimize(loss_and_grad, start, jac=True, method="L-BFGS-B",
-                      options={"maxiter": int(max_iterations)})
-    return fitted.x.reshape(d, k)
+                      options={"maxiter": int(max_iterations)}).x.reshape(d, k)
+    weights = np.zeros((features.shape[1] + 1, k))
+    weights[varying] = fitted[:-1]
+    weights[-1] = fitted[-1]
+    return weights
 
 
 def predict(weights, features) -> np.ndarray:

@@ -35,6 +35,20 @@ TRAIN_SIZE = 60000
 # the validation runs behind each choice (benchmarks/tune_main_job.py reruns them).
 DEFAULTS = dict(image_size=16, steps=200, finetune_steps=150, distill_steps=150)
 QUICK = dict(steps=6, finetune_steps=4, distill_steps=4)
+# Recipe values per kind of stage run (benchmarks/semi_supervised.py uses them too).
+PRETRAIN = dict(global_batch_size=128, optimizer="lars", learning_rate=0.2,
+                learning_rate_scaling="sqrt", warmup_epochs=0.05, weight_decay=1e-6,
+                temperature=0.2, crop_area_min=0.08)
+# Momentum SGD rather than the paper's LARS for the supervised runs: LARS moves each layer by
+# lr x 0.001 of its norm per step, which suits 60 epochs, not a few hundred steps.
+SUPERVISED = dict(global_batch_size=64, optimizer="momentum", learning_rate=0.05,
+                  learning_rate_scaling="none")
+DISTILL = dict(global_batch_size=64, optimizer="momentum", learning_rate=0.1,
+               learning_rate_scaling="none", warmup_epochs=0.0, weight_decay=1e-5,
+               temperature=1.0, labeled_weight=0.0)
+# Linear eval: the raw-pixel baseline's classifier (softmax regression fitted by L-BFGS) on the
+# frozen features, so that row and the baseline differ only in what they read.
+LINEAR = dict(solver="lbfgs", weight_decay=1e-4, train_steps=300)
 
 
 def parse_args(argv):
@@ -120,6 +134,14 @@ def _setting_value(text):
         return text
 
 
+def _merged(*parts):
+    """One dict from several, later values winning."""
+    out = {}
+    for part in parts:
+        out.update(part)
+    return out
+
+
 def plan(args):
     """[(stage name, kind, overrides)], in running order. Every value that shapes a result is
     here, so job.json (which records args) identifies what a run directory holds."""
@@ -134,30 +156,27 @@ def plan(args):
     pre_dir = run / "pretrain"
     stages = [("pixels", "pixels", dict(
         common, model_dir=str(run / "pixels"), max_iterations=30 if quick else 300))]
-    stages.append(("pretrain", "pretrain", dict(
-        common, model=teacher, model_dir=str(pre_dir),
-        global_batch_size=32 if quick else 128, train_steps=args.steps,
-        optimizer="lars", learning_rate=0.2, learning_rate_scaling="sqrt",
-        warmup_epochs=0.0 if quick else 0.05, weight_decay=1e-6, temperature=0.2,
-        lineareval_while_pretraining=False, knn_steps=0,
-        knn_bank_size=500 if quick else 5000, checkpoint_steps=max(1, min(50, args.steps // 2)))))
-    # Linear eval: the raw-pixel baseline's classifier (softmax regression fitted by L-BFGS) on
-    # the frozen features, so that row and the baseline differ only in what they read. On all
-    # 60k labels it needs a forward pass over the training set: left out of --quick.
+    stages.append(("pretrain", "pretrain", _merged(
+        common, PRETRAIN, dict(model=teacher, model_dir=str(pre_dir), train_steps=args.steps,
+                               lineareval_while_pretraining=False, knn_steps=0,
+                               knn_bank_size=5000,
+                               checkpoint_steps=max(1, min(50, args.steps // 2))),
+        dict(global_batch_size=32, warmup_epochs=0.0, knn_bank_size=500) if quick else {})))
+    # On all 60k labels linear eval needs a forward pass over the training set: left out of
+    # --quick.
     for pct in ((1, 10) if quick else (1, 10, 100)):
-        stages.append((f"lineareval_{pct}pct", "lineareval", dict(
-            common, checkpoint=str(pre_dir / "model.keras"), model_dir=str(run / f"lineareval_{pct}pct"),
-            label_fraction=pct / 100, solver="lbfgs", weight_decay=1e-4,
-            train_steps=30 if quick else 300)))
+        stages.append((f"lineareval_{pct}pct", "lineareval", _merged(
+            common, LINEAR, dict(checkpoint=str(pre_dir / "model.keras"),
+                                 model_dir=str(run / f"lineareval_{pct}pct"),
+                                 label_fraction=pct / 100),
+            dict(train_steps=30) if quick else {})))
 
     def supervised(name, pct, **values):
-        # Momentum SGD rather than the paper's LARS: LARS moves each layer by lr x 0.001 of its
-        # norm per step, which suits 60 epochs, not a few hundred steps.
-        return (name, "finetune", dict(
-            common, model_dir=str(run / name), label_fraction=pct / 100,
-            global_batch_size=32 if quick else 64, train_steps=args.finetune_steps,
-            optimizer="momentum", learning_rate=0.05, learning_rate_scaling="none",
-            ft_proj_selector=1, checkpoint_steps=max(1, min(50, args.finetune_steps)), **values))
+        return (name, "finetune", _merged(
+            common, SUPERVISED, dict(model_dir=str(run / name), label_fraction=pct / 100,
+                                     train_steps=args.finetune_steps, ft_proj_selector=1,
+                                     checkpoint_steps=max(1, min(50, args.finetune_steps))),
+            values, dict(global_batch_size=32) if quick else {}))
 
     for pct in (1, 10):
         stages.append(supervised(f"finetune_{pct}pct", pct, checkpoint=str(pre_dir)))
@@ -166,13 +185,11 @@ def plan(args):
     for pct in (1, 10):
         stages.append(supervised(f"scratch_{pct}pct", pct, model=teacher,
                                  zero_init_logits_layer=False))
-    stages.append(("distill", "distill", dict(
-        common, teacher=str(run / "finetune_10pct"), student=student,
-        model_dir=str(run / "distill"), temperature=1.0, labeled_weight=0.0,
-        global_batch_size=32 if quick else 64, train_steps=args.distill_steps,
-        optimizer="momentum", learning_rate=0.1, learning_rate_scaling="none",
-        warmup_epochs=0.0, weight_decay=1e-5,
-        checkpoint_steps=max(1, min(50, args.distill_steps)))))
+    stages.append(("distill", "distill", _merged(
+        common, DISTILL, dict(teacher=str(run / "finetune_10pct"), student=student,
+                              model_dir=str(run / "distill"), train_steps=args.distill_steps,
+                              checkpoint_steps=max(1, min(50, args.distill_steps))),
+        dict(global_batch_size=32) if quick else {})))
     # What the student's labels alone give: the student network trained on the teacher's 10%.
     stages.append(supervised("student_10pct", 10, model=student, zero_init_logits_layer=False))
 
