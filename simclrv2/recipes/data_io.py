@@ -105,7 +105,11 @@ def _train_labels(name, data_dir):
 def training_source(config, labeled: bool = True) -> Source:
     """The images a stage may train on: the training split, less the validation images when
     the stage is evaluated on them (config.eval_split == "validation"), so that a validation
-    figure never scores an image the run trained on."""
+    figure never scores an image the run trained on. A dataset without the test split the
+    stage will be evaluated on (an image folder without test/) is refused here, before any
+    training."""
+    if config.eval_split == "test" and config.dataset != SYNTHETIC:
+        _data().check_split(config.dataset, "test")
     if labeled:
         source = load_labeled(config.dataset, "train", config.data_dir)
     else:
