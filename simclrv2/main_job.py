@@ -33,8 +33,8 @@ TRAIN_SIZE = 60000
 # The job's settings, chosen on the validation split (5,000 training images held out with a
 # fixed seed; `simclrv2 run --validation`), never on the test images: docs/main_job.md shows
 # the validation runs behind each choice (benchmarks/tune_main_job.py reruns them).
-DEFAULTS = dict(image_size=16, steps=200, finetune_steps=150, distill_steps=150)
-QUICK = dict(steps=6, finetune_steps=4, distill_steps=4)
+DEFAULTS = dict(image_size=16, steps=200, finetune_steps=(150, 400), distill_steps=150)
+QUICK = dict(steps=6, finetune_steps=(4, 4), distill_steps=4)
 # Recipe values per kind of stage run (benchmarks/semi_supervised.py uses them too).
 PRETRAIN = dict(global_batch_size=128, optimizer="lars", learning_rate=0.2,
                 learning_rate_scaling="sqrt", warmup_epochs=0.05, weight_decay=1e-6,
@@ -49,6 +49,21 @@ DISTILL = dict(global_batch_size=64, optimizer="momentum", learning_rate=0.1,
 # Linear eval: the raw-pixel baseline's classifier (softmax regression fitted by L-BFGS) on the
 # frozen features, so that row and the baseline differ only in what they read.
 LINEAR = dict(solver="lbfgs", weight_decay=1e-4, train_steps=300)
+
+
+def _step_pair(text):
+    """'150' -> (150, 150); '150,400' -> (150, 400): steps at 1% and at 10% of the labels."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not N or N1,N10") from None
+    if len(values) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"{text!r} is not N or N1,N10")
+    return values * 2 if len(values) == 1 else values
+
+
+def _as_tuple(value):
+    return value if isinstance(value, tuple) else (value,)
 
 
 def parse_args(argv):
@@ -75,9 +90,10 @@ def parse_args(argv):
     parser.add_argument("--steps", type=int, default=None,
                         help=f"contrastive pretraining steps (default {DEFAULTS['steps']}, "
                              f"--quick {QUICK['steps']})")
-    parser.add_argument("--finetune-steps", type=int, default=None,
-                        help=f"steps of each fine-tuning and from-scratch run (default "
-                             f"{DEFAULTS['finetune_steps']}, --quick {QUICK['finetune_steps']})")
+    parser.add_argument("--finetune-steps", type=_step_pair, default=None, metavar="N1[,N10]",
+                        help="steps of each fine-tuning and from-scratch run on 1%% and on 10%% "
+                             "of the labels (one number: both; default %d,%d, --quick %d)"
+                             % (*DEFAULTS["finetune_steps"], QUICK["finetune_steps"][0]))
     parser.add_argument("--distill-steps", type=int, default=None,
                         help=f"distillation steps (default {DEFAULTS['distill_steps']}, "
                              f"--quick {QUICK['distill_steps']})")
@@ -102,7 +118,7 @@ def parse_args(argv):
             setattr(args, name, preset[name])
     args.student_width = args.student_width or args.width / 2
     for name in ("steps", "finetune_steps", "distill_steps", "image_size"):
-        if getattr(args, name) < 1:
+        if min(_as_tuple(getattr(args, name))) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.image_size < 8:
         parser.error("--image-size must be >= 8 (the exported model needs 8 px or more)")
@@ -172,10 +188,13 @@ def plan(args):
             dict(train_steps=30) if quick else {})))
 
     def supervised(name, pct, **values):
+        # 10% of the labels is ten times the images: it gets more steps than 1% (epochs of
+        # 600 images pass quickly), so that more labels are not judged at fewer epochs.
+        steps = dict(zip((1, 10), args.finetune_steps))[pct]
         return (name, "finetune", _merged(
             common, SUPERVISED, dict(model_dir=str(run / name), label_fraction=pct / 100,
-                                     train_steps=args.finetune_steps, ft_proj_selector=1,
-                                     checkpoint_steps=max(1, min(50, args.finetune_steps))),
+                                     train_steps=steps, ft_proj_selector=1,
+                                     checkpoint_steps=max(1, min(50, steps))),
             values, dict(global_batch_size=32) if quick else {}))
 
     for pct in (1, 10):
@@ -216,7 +235,9 @@ def _read_json(path):
 
 
 def _job_identity(args):
-    return {k: v for k, v in sorted(vars(args).items()) if k not in ("run_dir",)}
+    """The options as they read back from job.json (tuples become lists)."""
+    return json.loads(json.dumps({k: v for k, v in sorted(vars(args).items())
+                                  if k not in ("run_dir",)}))
 
 
 def check_run_dir(args):

@@ -11,8 +11,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FMNIST = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
-STAGES = ["pretrain", "lineareval_1pct", "lineareval_10pct", "finetune_1pct", "finetune_10pct",
-          "distill"]
+STAGES = ["pixels", "pretrain", "lineareval_1pct", "lineareval_10pct", "finetune_1pct",
+          "finetune_10pct", "scratch_1pct", "scratch_10pct", "distill", "student_10pct"]
 
 
 def _run(*args, timeout=900):
@@ -41,9 +41,25 @@ def test_quick_run_outputs_and_resume(tmp_path):
         assert row["wall_s"] > 0
         stage_result = json.loads((run_dir / row["stage"] / "result.json").read_text())
         assert stage_result["status"] == "done"
-    assert [r["labels_used"] for r in results["rows"][1:5]] == [
-        "600 (1%)", "6000 (10%)", "600 (1%)", "6000 (10%)"]
-    for stage in ("pretrain", "finetune_1pct", "finetune_10pct", "distill"):
+    assert [r["labels_used"] for r in results["rows"][2:8]] == [
+        "600 (1%)", "6000 (10%)", "600 (1%)", "6000 (10%)", "600 (1%)", "6000 (10%)"]
+    assert results["rows"][0]["labels_used"] == "60000 (100%)"  # the raw-pixel baseline
+    # Every aim is judged (or n/a where --quick leaves a row out) and printed.
+    aims = {a["aim"]: a for a in results["aims"]}
+    assert len(aims) == 4 and results["eval_split"] == "test"
+    assert aims["linear eval on 100% of the labels >= logistic regression on raw pixels"][
+        "met"] is None  # --quick has no 100% linear eval
+    for text, aim in aims.items():
+        if aim["met"] is not None:
+            assert ("MET    " if aim["met"] else "MISSED ") + text in first.stdout
+    # The baselines train on the very label subsets of the fine-tuned rows.
+    for pct in ("0.01", "0.1"):
+        name = f"label_subset_{pct}_seed0.txt"
+        ft = (run_dir / f"finetune_{pct.replace('0.01', '1').replace('0.1', '10')}pct" / name)
+        sc = (run_dir / f"scratch_{pct.replace('0.01', '1').replace('0.1', '10')}pct" / name)
+        assert ft.read_text() == sc.read_text()
+    for stage in ("pretrain", "finetune_1pct", "finetune_10pct", "scratch_1pct", "distill",
+                  "student_10pct"):
         assert (run_dir / stage / "model.keras").is_file()
     # Fine-tuning drew class-balanced subsets and kept them beside the run.
     assert len((run_dir / "finetune_1pct" / "label_subset_0.01_seed0.txt").read_text().split()) == 600
@@ -76,6 +92,42 @@ def test_quick_run_outputs_and_resume(tmp_path):
     # The same directory with other settings is refused rather than mixed.
     other, _ = _run("--quick", "--width", "0.5", "--run-dir", str(run_dir), timeout=120)
     assert other.returncode != 0 and "width" in other.stderr
+
+
+def test_aims_are_judged_as_stated():
+    from simclrv2.main_job import aims
+
+    def rows(**top1):
+        return [{"stage": k, "top1": v} for k, v in top1.items()]
+
+    judged = aims(rows(pixels=0.85, lineareval_100pct=0.84, finetune_1pct=0.70, scratch_1pct=0.66,
+                       finetune_10pct=0.70, distill=0.74, student_10pct=0.74))
+    assert [a["met"] for a in judged] == [False, False, True, True]
+    judged = aims(rows(pixels=0.85, lineareval_100pct=0.86, finetune_1pct=0.72, scratch_1pct=0.66,
+                       finetune_10pct=0.71, distill=None, student_10pct=0.74))
+    assert [a["met"] for a in judged] == [True, True, False, None]
+
+
+def test_validation_option_and_settings_reach_every_stage():
+    from simclrv2.main_job import parse_args, plan
+
+    stages = plan(parse_args(["--validation", "--finetune-steps", "100,300",
+                              "--set", "pretrain.temperature=0.5", "--set", "scratch.learning_rate=0.1"]))
+    assert all(o["eval_split"] == "validation" for _, kind, o in stages)
+    by_name = {name: o for name, _, o in stages}
+    assert by_name["pretrain"]["temperature"] == 0.5
+    assert by_name["scratch_1pct"]["learning_rate"] == 0.1
+    assert by_name["finetune_1pct"]["learning_rate"] != 0.1
+    assert [by_name[n]["train_steps"] for n in ("finetune_1pct", "finetune_10pct", "scratch_1pct",
+                                                "scratch_10pct", "student_10pct")] == [
+        100, 300, 100, 300, 300]
+    # The baselines are the fine-tuned network and subsets, from random weights.
+    for pct in (1, 10):
+        ft, sc = by_name[f"finetune_{pct}pct"], by_name[f"scratch_{pct}pct"]
+        assert sc["model"] == "r18_0.25x_sk0" and "checkpoint" not in sc
+        assert (sc["label_fraction"], sc["ft_proj_selector"]) == (ft["label_fraction"],
+                                                                  ft["ft_proj_selector"])
+    assert parse_args(["--validation"]).no_export
 
 
 def test_missing_data_says_what_to_install(tmp_path):

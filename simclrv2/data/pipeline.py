@@ -97,6 +97,10 @@ def _augmented(source: Source, batch_size: int, image_size: int, seed: int, star
     seed = int(seed)
     size = image_size
 
+    # Not converted by AutoGraph: the augmentation's only data-dependent branches are explicit
+    # tf.cond / tf.switch_case, and converting its ~20 functions cost ~5 s per pipeline built
+    # (most of a short stage run's start-up).
+    @tf.autograph.experimental.do_not_convert
     def views_of(pos, image, label):  # image: uint8 [H, W, C]
         params = aug.draw_params(aug.element_key(seed, pos), cfg, num_views)
         shape = tf.shape(image)
@@ -118,8 +122,9 @@ def _augmented(source: Source, batch_size: int, image_size: int, seed: int, star
         images = source.image_tensor()
         labels_all = tf.constant(source.labels)
         ds = _index_stream(source, batch_size, seed, start_batch, shuffle)
-        ds = ds.map(lambda pos, idx: views_of(pos, tf.gather(images, idx), tf.gather(labels_all, idx)),
-                    num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(tf.autograph.experimental.do_not_convert(
+            lambda pos, idx: views_of(pos, tf.gather(images, idx), tf.gather(labels_all, idx))),
+            num_parallel_calls=tf.data.AUTOTUNE)
     else:
         if source.kind == "files":
             paths = tf.constant(source.paths)
@@ -128,8 +133,9 @@ def _augmented(source: Source, batch_size: int, image_size: int, seed: int, star
                 lambda pos, idx: (pos, tf.io.read_file(tf.gather(paths, idx)), tf.gather(labels_all, idx)))
         else:
             ds = _stream_epochs(source, batch_size, seed, start_batch, shuffle)
-        ds = ds.map(lambda pos, encoded, label: views_of(pos, decode_image(encoded), label),
-                    num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(tf.autograph.experimental.do_not_convert(
+            lambda pos, encoded, label: views_of(pos, decode_image(encoded), label)),
+            num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size, drop_remainder=True)
 
 

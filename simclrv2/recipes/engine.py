@@ -168,7 +168,9 @@ def train_loop(*, config, strategy, model_dir, trackables, optimizer, replica_st
     dist_ds = strategy.experimental_distribute_dataset(dataset_fn(step))
     iterator = iter(dist_ds)
 
-    @tf.function
+    # No AutoGraph: the steps branch on Python values only, and converting them cost seconds
+    # of every stage run's start.
+    @tf.function(autograph=False)
     def train_step(it):
         per_replica = strategy.run(replica_step, args=(next(it),))
         return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)

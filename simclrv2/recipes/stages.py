@@ -102,7 +102,7 @@ def _predict(model, key, dataset, limit=0):
     fns = _PREDICT_FNS.setdefault(model, {})
     if key not in fns:
         fns[key] = tf.function(lambda x: tf.cast(model(x, training=False)[key], tf.float32),
-                               reduce_retracing=True)
+                               reduce_retracing=True, autograph=False)
     fn = fns[key]
     outs, labels, seen = [], [], 0
     for images, y in dataset:
@@ -459,7 +459,7 @@ def _linear_sgd(config, features, labels, test_features, num_classes, log):
     ds = tf.data.Dataset.from_tensor_slices((features, labels.astype(np.int32))).repeat().shuffle(
         min(len(labels), 10000), seed=config.seed).batch(config.global_batch_size)
 
-    @tf.function
+    @tf.function(autograph=False)
     def step(x, y):
         with tf.GradientTape() as tape:
             loss = objectives.supervised_loss(y, head(x), num_classes) + optim.l2_regularization(
