@@ -104,7 +104,8 @@ def download_checkpoint(name: str, stage: str, cache_dir=None, base_url=None,
 
     `retries` tries per file, sleeping `backoff * 2**k` seconds between them; a later call
     resumes what a failed one left. Raises `CheckpointDownloadError` (an OSError) naming the
-    URL, the cache path and how to copy the files by hand.
+    URL, the cache path and how to copy the files by hand. A cached copy is re-hashed against
+    the sha256 recorded at download; one that differs is removed and reported (the same error).
     """
     checkpoint = get_checkpoint(name, stage)
     root = pathlib.Path(cache_dir).expanduser() if cache_dir is not None else _default_cache_dir()
@@ -174,27 +175,33 @@ def _check_existing(final: pathlib.Path, checkpoint: Checkpoint) -> pathlib.Path
     if record is None:
         # A hand-placed copy (or a cache written before hashes were recorded): trust it once,
         # and from now on notice when it changes.
-        _write_manifest(final, final, "first use (no download record)", None)
+        try:
+            _write_manifest(final, final, "first use (no download record)", None)
+        except OSError as e:  # a read-only shared cache: usable, just not checkable
+            _say(f"could not record the sha256 of {final} ({e}); its files are used unchecked")
+            return final
         _say(f"recorded the sha256 of {final} (placed there without a download record); later "
              "uses check the files against it")
         return final
-    problem = "its record " + str(manifest_path(final)) + " is unreadable" \
-        if record is _UNREADABLE else _compare(final, record)
-    if problem:
+    if record is _UNREADABLE:
+        problem = f"its record {manifest_path(final)} is unreadable"
+    else:
+        problem = _compare(final, record)
+    if not problem:
+        return final
+    try:
         _remove_entry(final)
-        raise CheckpointDownloadError(
-            f"the cached SavedModel of {checkpoint.name} ({checkpoint.stage}) is not what was "
-            f"downloaded: {problem}. The cache entry {final} was removed; fetch it again with "
-            f"`simclrv2 zoo download {checkpoint.name} --stage {checkpoint.stage}` (or rerun "
-            "this command: it downloads what is not cached)")
-    return final
+        removed = f"The cache entry {final} was removed"
+    except OSError as e:
+        removed = f"The cache entry {final} could not be removed ({e}); delete it by hand"
+    raise CheckpointDownloadError(
+        f"the cached SavedModel of {checkpoint.name} ({checkpoint.stage}) is not what was "
+        f"downloaded: {problem}. {removed}. Fetch it again with "
+        f"`simclrv2 zoo download {checkpoint.name} --stage {checkpoint.stage}` (or rerun this "
+        "command: it downloads what is not cached)")
 
 
-class _Unreadable:
-    pass
-
-
-_UNREADABLE = _Unreadable()
+_UNREADABLE = object()  # _read_manifest's answer for a record that exists but can't be read
 
 
 def _read_manifest(final: pathlib.Path):
