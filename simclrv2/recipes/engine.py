@@ -206,7 +206,8 @@ def train_loop(*, config, strategy, model_dir, trackables, optimizer, replica_st
     Resumes from the latest checkpoint in model_dir (weights, optimizer slots and step, hence the
     schedule position; the data restarts at batch `step`), or from the newest one before it
     that reads back when it is damaged; one line on stderr says which. Saves every
-    checkpoint_steps, at the end and on SIGTERM. Returns (last metrics dict, status) with status "done" or "preempted".
+    checkpoint_steps, at the end and on SIGTERM. Returns (last metrics dict, status) with status
+    "done" or "preempted".
     """
     model_dir = pathlib.Path(model_dir)
     chief = is_chief(strategy)
