@@ -3,6 +3,7 @@
 import contextlib
 import hashlib
 import http.server
+import json
 import os
 import re
 import socket
@@ -34,6 +35,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
+    def do_HEAD(self):
+        srv = self.server
+        rel = self.path[len(PREFIX) + 1:] if self.path.startswith(PREFIX + "/") else None
+        if not srv.head:
+            self.send_error(501)  # what http.server answers a method it does not implement
+            return
+        if rel not in srv.files:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(srv.files[rel])))
+        self.end_headers()
+
     def do_GET(self):
         srv = self.server
         srv.requests.append((self.path, self.headers.get("Range")))
@@ -60,7 +74,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
         else:
             self.send_response(200)
-        self.send_header("Content-Length", str(len(body) - start))
+        if not srv.no_length:
+            self.send_header("Content-Length", str(len(body) - start))
         self.end_headers()
         payload = body[start:]
         cut = rel == BIG and (srv.truncate_always or srv.drops_left > 0)
@@ -73,16 +88,21 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
             return
-        self.wfile.write(payload)
+        with contextlib.suppress(ConnectionError):  # a client may hang up on purpose
+            self.wfile.write(payload)
 
 
 @contextlib.contextmanager
-def serve(honor_range=True, drops=0, truncate_always=False, files=FILES, errors=0):
+def serve(honor_range=True, drops=0, truncate_always=False, files=FILES, errors=0,
+          no_length=False, head=True):
+    """no_length: GET answers carry no Content-Length (the body ends when the connection
+    closes); head=False: HEAD is not implemented (HTTP 501)."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     server.daemon_threads = True
     server.files, server.requests = dict(files), []
     server.honor_range, server.drops_left, server.truncate_always = honor_range, drops, truncate_always
     server.errors_left = errors
+    server.no_length, server.head = no_length, head
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                               daemon=True)
     thread.start()
@@ -239,3 +259,90 @@ def test_sha256_of_files(tmp_path):
     assert digests[BIG] == hashlib.sha256(FILES[BIG]).hexdigest()
     with pytest.raises(NotADirectoryError):
         dl.sha256_of_files(tmp_path / "nope")
+
+
+# --------------------------------------------------------------------------- no lost data
+
+def _record(path):
+    return json.loads(dl.manifest_path(path).read_text())["files"]
+
+
+def test_cut_short_without_content_length_is_caught_by_head(tmp_path):
+    # The server sends bodies without Content-Length (the end is the connection closing), so
+    # a cut looks like the end of the file; its HEAD answer gives the size.
+    with serve(honor_range=False, truncate_always=True, no_length=True) as (server, base):
+        with pytest.raises(dl.CheckpointDownloadError, match=r"closed after \d+ of 300000 bytes"):
+            _download(tmp_path, base, retries=2)
+    assert not _final(tmp_path).exists()
+    assert not dl.is_cached(get_checkpoint(NAME, STAGE), tmp_path)
+
+
+def test_cut_short_with_no_length_anywhere_is_resumed_after_a_range_probe(tmp_path):
+    # No Content-Length and no HEAD: a Range request past the last byte received tells a cut
+    # (206, more follows) from the whole file (416).
+    with serve(drops=1, no_length=True, head=False) as (server, base):
+        path = _download(tmp_path, base, retries=2)
+        _assert_same_files(path)
+    big = [r for p, r in server.requests if p.endswith(BIG)]
+    half = len(FILES[BIG]) // 2
+    # The resumed 206 carries the total in its Content-Range: no probe after it.
+    assert big == [None, f"bytes={half}-", f"bytes={half}-"]
+    pb = [r for p, r in server.requests if p.endswith("saved_model.pb")]
+    assert pb == [None, f"bytes={len(FILES['saved_model.pb'])}-"]  # probed, 416: whole
+
+
+def test_size_that_cannot_be_checked_is_said(tmp_path, capsys):
+    with serve(honor_range=False, no_length=True, head=False) as (server, base):
+        path = _download(tmp_path, base)
+    _assert_same_files(path)
+    err = capsys.readouterr().err
+    assert err.count("could not check the size") == 3 and "sha256 is recorded" in err
+
+
+def test_sha256_recorded_at_download_and_checked_on_every_use(tmp_path):
+    with serve() as (server, base):
+        path = _download(tmp_path, base)
+    record = _record(path)
+    assert record[BIG] == {"bytes": len(FILES[BIG]),
+                           "sha256": hashlib.sha256(FILES[BIG]).hexdigest()}
+    assert sorted(record) == sorted(SAVED_MODEL_FILES)
+    _assert_same_files(path)  # the record lives beside the SavedModel, not in it
+    damaged = bytearray(FILES[BIG])
+    damaged[1000] ^= 1  # same size: only the hash can tell
+    (path / BIG).write_bytes(bytes(damaged))
+    with pytest.raises(dl.CheckpointDownloadError) as info:
+        _download(tmp_path, "http://127.0.0.1:9")  # a cache hit: no network needed
+    msg = str(info.value)
+    assert f"{BIG} has sha256" in msg and "removed" in msg
+    assert f"simclrv2 zoo download {NAME} --stage {STAGE}" in msg
+    assert not path.exists() and not dl.manifest_path(path).exists()
+    assert [p.name for p in path.parent.iterdir()] == ["saved_model.lock"]  # nothing half-deleted
+    with serve() as (server, base):
+        _assert_same_files(_download(tmp_path, base))
+
+
+def test_truncated_cache_file_is_not_listed_as_cached(tmp_path):
+    with serve() as (server, base):
+        path = _download(tmp_path, base)
+    checkpoint = get_checkpoint(NAME, STAGE)
+    assert dl.cache_status(checkpoint, tmp_path) == "complete"
+    (path / BIG).write_bytes(FILES[BIG][:1000])
+    assert dl.cache_status(checkpoint, tmp_path) == "damaged"
+    assert not dl.is_cached(checkpoint, tmp_path)
+    with pytest.raises(dl.CheckpointDownloadError, match=f"{BIG} has 1000 bytes, 300000 were"):
+        _download(tmp_path, "http://127.0.0.1:9")
+    assert dl.cache_status(checkpoint, tmp_path) == "absent"
+
+
+def test_hand_placed_copy_is_recorded_on_first_use(tmp_path, capsys):
+    final = _final(tmp_path)
+    for rel, body in FILES.items():
+        (final / rel).parent.mkdir(parents=True, exist_ok=True)
+        (final / rel).write_bytes(body)
+    assert _download(tmp_path, "http://127.0.0.1:9") == final
+    assert "recorded the sha256" in capsys.readouterr().err
+    assert _record(final)[BIG]["sha256"] == hashlib.sha256(FILES[BIG]).hexdigest()
+    assert _download(tmp_path, "http://127.0.0.1:9") == final  # now checked, and it matches
+    (final / "saved_model.pb").write_bytes(b"x" * len(FILES["saved_model.pb"]))
+    with pytest.raises(dl.CheckpointDownloadError, match="saved_model.pb has sha256"):
+        _download(tmp_path, "http://127.0.0.1:9")

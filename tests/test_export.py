@@ -4,6 +4,9 @@ used the way a consumer would (TFSMLayer + fit, load_model + fit, onnxruntime, J
 import hashlib
 import json
 import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -85,7 +88,9 @@ def test_directory_layout_config_and_checksums(r18):
         assert name in files
     assert not _no_leftovers(out.parent)
     config = json.loads((out / "config.json").read_text())
-    assert config == {k: v for k, v in report.items() if k not in ("out_dir", "files")}
+    assert config == {k: v for k, v in report.items()
+                      if k not in ("out_dir", "files", "removed_stale")}
+    assert config["format"] == "simclrv2-export" and config["format_version"] == 1
     assert config["architecture"] == "r18_0.125x_sk0" and config["stage"] == "finetune"
     assert config["classes"]["num_classes"] == 10 and config["image_size"] == 40
     assert config["model_config"]["cifar_stem"] is True
@@ -285,15 +290,111 @@ def test_run_dir_via_cli_records_stage_and_overwrite(tmp_path, capsys):
     assert export_main(["--model", str(run), "--out", str(out), "--formats", "keras"]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert (out / "old.txt").read_text() == "keep me"
+    (out / "old.txt").unlink()  # an empty directory is fine without --overwrite
+    assert export_main(["--model", str(run), "--out", str(out), "--formats", "keras"]) == 0
+    first = json.loads((out / "config.json").read_text())["exported_at"]
+    # --overwrite replaces an earlier export...
     assert export_main(["--model", str(run), "--out", str(out), "--formats", "keras",
                         "--overwrite"]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["stage"] == "finetune" and config["source_kind"] == "run_dir"
-    assert config["provenance"]["test_top1"] == 0.5
-    assert not (out / "old.txt").exists() and not _no_leftovers(tmp_path)
+    assert config["provenance"]["test_top1"] == 0.5 and config["exported_at"] >= first
+    assert not _no_leftovers(tmp_path)
+    # ...but not one that someone has put their own files in.
+    (out / "notes.txt").write_text("mine")
+    assert export_main(["--model", str(run), "--out", str(out), "--formats", "keras",
+                        "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "is an earlier export but also holds notes.txt" in err and err.count("\n") == 1
+    assert (out / "notes.txt").read_text() == "mine" and (out / "model.keras").is_file()
+    (out / "notes.txt").unlink()
     assert export_main(["--model", str(out / "model.keras"), "--out", str(out),
                         "--overwrite"]) == 2  # would delete its own source
     assert "contains the model" in capsys.readouterr().err
+
+
+def test_overwrite_refuses_a_directory_that_is_not_an_export(tmp_path, capsys):
+    model = tmp_path / "m.keras"
+    zoo.build("r18_0.125x_sk0", num_classes=3, input_shape=(32, 32, 3)).save(model)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("two years of work")
+    argv = ["--model", str(model), "--out", str(mine), "--formats", "keras", "--overwrite"]
+    assert export_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == (f"simclrv2 export: error: --out {mine} is not an earlier simclrv2 export (no "
+                   'config.json with "format": "simclrv2-export"), and --overwrite only replaces '
+                   "an earlier export; choose a new directory, or empty this one yourself\n")
+    assert (mine / "thesis.txt").read_text() == "two years of work"
+    # A recipe run directory has a config.json too, but not the exporter's.
+    (mine / "config.json").write_text(json.dumps({"stage": "pretrain", "config": {}}))
+    assert export_main(argv) == 2
+    assert "is not an earlier simclrv2 export" in capsys.readouterr().err
+    assert sorted(os.listdir(mine)) == ["config.json", "thesis.txt"]
+    assert not _no_leftovers(tmp_path)
+
+
+def test_files_put_into_out_while_exporting_are_not_deleted(tmp_path, monkeypatch):
+    model = zoo.build("r18_0.125x_sk0", num_classes=3, input_shape=(32, 32, 3))
+    out = tmp_path / "out"
+    export_model(model, out, formats="keras")
+    real = exporter.write_checksums
+
+    def meanwhile(root):
+        (out / "results.csv").write_text("written during the export")
+        return real(root)
+
+    monkeypatch.setattr(exporter, "write_checksums", meanwhile)
+    with pytest.raises(ExportError, match="also holds results.csv"):
+        export_model(model, out, formats="keras", overwrite=True)
+    assert (out / "results.csv").read_text() == "written during the export"
+    assert (out / "model.keras").is_file() and not _no_leftovers(tmp_path)
+
+
+def _dead_pid():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _aged(path, seconds):
+    when = time.time() - seconds
+    for p in [path, *path.rglob("*")]:
+        os.utime(p, (when, when))
+    return path
+
+
+def test_stale_temporaries_of_killed_exports_are_removed_by_the_next_export(tmp_path, capsys):
+    dead, live = _dead_pid(), os.getpid()
+
+    def left(name, files=("model.keras",), age=2 * 3600):
+        path = tmp_path / name
+        path.mkdir()
+        for f in files:
+            (path / f).write_bytes(b"partial")
+        return _aged(path, age)
+
+    gone = [left(f".a.tmp-{dead}-0123abcd"),          # killed here, an hour old
+            left(".c.tmp-0123abce"),                   # named before names held a PID
+            left(f".e.old-{dead}-0123abcf")]           # e was replaced: the old copy is junk
+    (tmp_path / "e").mkdir()
+    kept = [left(f".a.tmp-{live}-1123abcd"),           # its process still runs
+            left(f".b.tmp-{dead}-2123abcd", age=60),   # young: maybe another machine's
+            left(f".d.old-{dead}-3123abcd"),           # d is gone: the only copy of it
+            left(f".f.tmp-{dead}-4123abcd", files=("notes.txt",)),  # not ours
+            left(".g.tmp-0123abcd.keras", files=())]   # not an export name
+    (tmp_path / f".h.tmp-{dead}-5123abcd").write_text("a file, not a folder")
+    model = tmp_path / "m.keras"
+    zoo.build("r18_0.125x_sk0", num_classes=3, input_shape=(32, 32, 3)).save(model)
+    assert export_main(["--model", str(model), "--out", str(tmp_path / "new"),
+                        "--formats", "keras"]) == 0
+    out = capsys.readouterr().out
+    for path in gone:
+        assert not path.exists(), path.name
+        assert f"removed {path}: left by an interrupted export" in out
+    for path in kept:
+        assert path.exists(), path.name
+    assert (tmp_path / f".h.tmp-{dead}-5123abcd").is_file()
 
 
 def test_bad_model_inputs(tmp_path, capsys):

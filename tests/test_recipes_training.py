@@ -92,6 +92,66 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert not (tmp_path / "nan" / "model.keras").exists()
 
 
+def test_final_model_save_never_leaves_a_broken_model_keras(tmp_path):
+    import zipfile
+
+    import simclrv2.zoo as zoo
+    from simclrv2.recipes import stages
+
+    class Killed(BaseException):
+        """Stands in for a SIGKILL arriving while the zip is being written."""
+
+    class KilledMidSave:
+        def save(self, path):
+            with open(path, "wb") as f:
+                f.write(b"PK\x03\x04 the first bytes of a zip")
+            raise Killed
+
+    with pytest.raises(Killed):
+        stages._finish(tmp_path, "pretrain", {"status": "done"}, KilledMidSave(), True, time.time())
+    assert not (tmp_path / "model.keras").exists() and list(tmp_path.iterdir()) == []
+    model = zoo.build("r18_0.125x_sk0", num_classes=2, input_shape=(16, 16, 3))
+    result = stages._finish(tmp_path, "pretrain", {"status": "done"}, model, True, time.time())
+    assert zipfile.is_zipfile(result["keras_path"])
+    before = (tmp_path / "model.keras").read_bytes()
+    with pytest.raises(Killed):
+        stages._finish(tmp_path, "pretrain", {"status": "done"}, KilledMidSave(), True, time.time())
+    assert (tmp_path / "model.keras").read_bytes() == before  # the earlier one stays whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.keras", "result.json"]
+
+
+def test_resume_walks_back_past_a_damaged_checkpoint(tmp_path, capfd):
+    import tensorflow as tf
+    from simclrv2.recipes import engine, stages
+
+    values = dict(TINY, train_steps=4, checkpoint_steps=2, keep_checkpoints=5,
+                  lineareval_while_pretraining=False, model_dir=str(tmp_path / "run"))
+    stages.pretrain(C.from_dict("pretrain", values))
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert tf.train.latest_checkpoint(str(checkpoints)).endswith("ckpt-4")
+
+    def cut(number):  # as a kill part-way through writing it, or a full disk, would leave it
+        data = checkpoints / f"ckpt-{number}.data-00000-of-00001"
+        data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+
+    cut(4)
+    capfd.readouterr()
+    result = stages.pretrain(C.from_dict("pretrain", dict(values, train_steps=6)))
+    err = capfd.readouterr().err
+    resumed = [line for line in err.splitlines() if line.startswith("resumed from")]
+    assert len(resumed) == 1, err[-3000:]
+    assert resumed[0].startswith(f"resumed from {checkpoints / 'ckpt-2'} (step 2); skipped "
+                                 "damaged ckpt-4 (")
+    assert result["status"] == "done" and result["steps"] == 6
+    assert tf.train.latest_checkpoint(str(checkpoints)).endswith("ckpt-6")
+    for number in (2, 4, 6):
+        cut(number)
+    with pytest.raises(engine.DamagedCheckpointsError,
+                       match=r"none of the 3 checkpoints in .* reads back \(ckpt-6: .*ckpt-2: .*"
+                             r"move that directory aside"):
+        stages.pretrain(C.from_dict("pretrain", dict(values, train_steps=8)))
+
+
 def test_recipes_validate_and_errors_name_the_key(tmp_path):
     for name in C.list_recipes():
         values = C.read_recipe(name)

@@ -81,6 +81,17 @@ def test_download_prints_path_and_marks_cached(capsys, tmp_path):
     assert cached == [STAGE]
 
 
+def test_list_says_damaged_for_a_truncated_cached_file(capsys, tmp_path):
+    with serve() as (server, base):
+        path = dl.download_checkpoint(NAME, STAGE, cache_dir=tmp_path, base_url=base,
+                                      progress=False)
+    big = path / "variables" / "variables.data-00000-of-00001"
+    big.write_bytes(big.read_bytes()[:100])
+    _, out, _ = _run(cli.zoo_main, ["list", "--arch", NAME, "--cache-dir", str(tmp_path)], capsys)
+    row = [l for l in out.splitlines() if l.split()[:2] == [NAME, STAGE]][0]
+    assert " yes " not in row and " damaged " in row
+
+
 def test_download_errors(capsys, tmp_path):
     with serve(files={}) as (server, base):
         code, out, err = _run(cli.zoo_main, ["download", NAME, "--stage", STAGE, "--quiet",
@@ -151,6 +162,30 @@ def test_convert_from_released_checkpoint(capsys, tmp_path, fake_importer):
     prov = fake_importer.extras[0]["provenance"]
     assert prov["stage"] == STAGE and prov["url"] == get_checkpoint(NAME, STAGE).url
     _assert_same_files(dl.pathlib.Path(sm))
+
+
+def test_convert_refuses_an_existing_out_without_overwrite(capsys, tmp_path, fake_importer):
+    sm = _saved_model_dir(tmp_path)
+    out_file = tmp_path / "m.keras"
+    out_file.write_bytes(b"an earlier model")
+    argv = ["--saved-model", str(sm), "--out", str(out_file)]
+    code, out, err = _run(cli.convert_main, argv, capsys)
+    assert code == 2 and out == ""
+    assert err == (f"simclrv2 convert: error: {out_file} already exists; pass --overwrite to "
+                   "replace it, or choose another --out\n")
+    assert out_file.read_bytes() == b"an earlier model" and fake_importer == []
+    # The provenance JSON written beside the model is an output too.
+    out_file.unlink()
+    (tmp_path / "m.json").write_text("{}")
+    code, _, err = _run(cli.convert_main, argv, capsys)
+    assert code == 2 and "m.json already exists" in err and fake_importer == []
+    code, _, err = _run(cli.convert_main, argv + ["--overwrite"], capsys)
+    assert code == 0, err
+    assert fake_importer == [(str(sm), str(out_file), None)]
+    (tmp_path / "d.keras").mkdir()
+    code, _, err = _run(cli.convert_main, ["--saved-model", str(sm), "--out",
+                                           str(tmp_path / "d.keras"), "--overwrite"], capsys)
+    assert code == 2 and "is a directory" in err
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -24,14 +24,21 @@ def _parser():
     p.add_argument("--stage", default=None,
                    help="stage of a registry model (pretrained, finetuned_10pct, ...); for other "
                         "models recorded in config.json instead of what the source says")
-    p.add_argument("--out", required=True, help="output directory (must be new or empty)")
+    p.add_argument("--out", required=True,
+                   help="output directory (must be new or empty, or an earlier export with "
+                        "--overwrite). Temporary folders that killed exports left beside it "
+                        "(.NAME.tmp-PID-*) are removed once their process is gone and they are "
+                        "an hour old")
     p.add_argument("--formats", default="savedmodel,onnx,keras",
                    help="comma-separated subset of savedmodel,onnx,keras (default: all)")
     p.add_argument("--image-size", type=int, default=None,
                    help="square input side of the exported model (default: the model's own)")
     p.add_argument("--temperature", type=float, default=1.0,
                    help="default distillation temperature recorded in config.json (default 1.0)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out if it is an earlier export (its config.json says "
+                        "\"format\": \"simclrv2-export\" and it holds nothing else); any "
+                        "other non-empty --out is refused")
     return p
 
 
@@ -58,6 +65,8 @@ def export_main(argv=None) -> int:
           f"{', '.join(report['signatures']) or '-'}")
     for name, why in report["skipped_signatures"].items():
         print(f"  skipped {name}: {why}")
+    for path in report["removed_stale"]:
+        print(f"  removed {path}: left by an interrupted export")
     print(f"  verified: max relative difference {ver['max_relative_difference']:.2g} "
           f"(tolerance {ver['tolerance']:g}); {report['export_wall_s']:.1f} s")
     return 0

@@ -6,6 +6,11 @@
 Everything is written into a temporary sibling of `out_dir`, reloaded from there and compared
 with the Keras model on a probe batch; only when every SavedModel signature, every ONNX output
 and the reloaded .keras agree is the directory renamed into place. See the README, "Export".
+
+What is replaced and what is cleaned up is narrow on purpose: `overwrite` replaces only an
+earlier export (config.json with `"format": "simclrv2-export"`, nothing but export files), and
+the temporary folders that killed exports leave (`.NAME.tmp-PID-XXXXXXXX`) are removed by the
+next export into the same parent only once their process is gone and they are an hour old.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import shutil
 import time
 import uuid
@@ -23,7 +29,12 @@ import warnings
 import numpy as np
 
 FORMATS = ("savedmodel", "onnx", "keras")
+EXPORT_FORMAT = "simclrv2-export"  # config.json's "format": what `overwrite` may replace
 FORMAT_VERSION = 1
+# Everything an export directory holds at its top level (all formats).
+EXPORT_ENTRIES = frozenset({"saved_model", "model.onnx", "model.keras", "config.json",
+                            "README.md", "SHA256SUMS"})
+STALE_AFTER_S = 3600  # see remove_stale_temporaries
 RTOL = 1e-4  # max |ours - keras| / max |keras|, per output, as simclrv2.zoo.importer
 ONNX_OPSET = 17
 ONNX_MAX_BYTES = 2 * 1024 ** 3 - 64 * 1024 ** 2  # protobuf's 2 GiB limit, with room for the graph
@@ -579,19 +590,115 @@ def model_card(report):
 
 # --------------------------------------------------------------------------- entry point
 
+def is_export_config(meta) -> bool:
+    """Whether a parsed config.json is one this exporter wrote. Exports made before the
+    "format" marker are known by format_version 1 with the exporter's own fields."""
+    if not isinstance(meta, dict):
+        return False
+    if meta.get("format") == EXPORT_FORMAT:
+        return True
+    return meta.get("format_version") == 1 and "simclrv2_version" in meta and \
+        "verification" in meta and "format" not in meta
+
+
+def _check_replaceable(out, overwrite):
+    """Refuses to replace a non-empty `out` unless asked and unless it is an earlier export
+    holding nothing else: `overwrite` deletes it, so it must not hold anyone's files."""
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise ExportError(f"--out {out} exists and is not empty; pass --overwrite "
+                          "(overwrite=True) to replace it, or choose a new directory")
+    if not is_export_config(_read_json(out / "config.json")):
+        raise ExportError(f"--out {out} is not an earlier simclrv2 export (no config.json with "
+                          f"\"format\": \"{EXPORT_FORMAT}\"), and --overwrite only replaces "
+                          "an earlier export; choose a new directory, or empty this one yourself")
+    extra = sorted(p.name for p in out.iterdir() if p.name not in EXPORT_ENTRIES)
+    if extra:
+        shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+        raise ExportError(f"--out {out} is an earlier export but also holds {shown}, which "
+                          "--overwrite would delete; move them out or choose a new directory")
+
+
 def _check_out_dir(out_dir, overwrite, source):
     out = pathlib.Path(os.path.expanduser(os.fspath(out_dir))).absolute()
     if out.exists() and not out.is_dir():
         raise ExportError(f"--out {out} is a file; pass a directory path")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ExportError(f"--out {out} exists and is not empty; pass --overwrite "
-                          "(overwrite=True) to replace it, or choose a new directory")
+    _check_replaceable(out, overwrite)
     if source:
         src = pathlib.Path(source).resolve()
         if out.resolve() == src or out.resolve() in src.parents:
             raise ExportError(f"--out {out} contains the model being exported ({src}); "
                               "choose another directory")
     return out
+
+
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?:(?P<pid>\d+)-)?[0-9a-f]{8}$")
+
+
+def _temporary_name(out, kind):
+    """`.NAME.tmp-PID-XXXXXXXX`: the PID lets a later export tell a live export's folder from
+    a killed one's (remove_stale_temporaries)."""
+    return out.parent / f".{out.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _pid_alive(pid):
+    if os.name == "nt":
+        return True  # os.kill(pid, 0) would send Ctrl-C there; keep the folder
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def _newest_mtime(path):
+    newest = path.lstat().st_mtime
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            try:
+                newest = max(newest, os.lstat(os.path.join(root, name)).st_mtime)
+            except OSError:
+                pass
+    return newest
+
+
+def remove_stale_temporaries(parent, max_age_s=STALE_AFTER_S):
+    """Removes what killed exports left in `parent`; returns the removed paths.
+
+    A folder goes only when all of these hold, so that nothing but an abandoned folder of ours
+    is ever deleted:
+    - its name is one this exporter gives (`.NAME.tmp-PID-XXXXXXXX`, or `.NAME.old-...` for an
+      earlier export moved aside; also `.NAME.tmp-XXXXXXXX` from before names held a PID) and it
+      holds nothing but export files;
+    - the PID in its name runs no process here: a live export on this machine is never touched,
+      however long it takes;
+    - nothing in it changed for `max_age_s` (an hour): a PID means nothing on another machine
+      writing to the same shared disk, and no export leaves its files untouched that long;
+    - an `.old-` folder goes only once NAME exists again: until then it is the only copy of the
+      export it was moved aside from (the process died between the two renames), and it is kept
+      for the user to rename back.
+    """
+    parent = pathlib.Path(parent)
+    now, removed = time.time(), []
+    for path in sorted(parent.iterdir()):
+        m = _TEMPORARY.match(path.name)
+        if not m or path.is_symlink() or not path.is_dir():
+            continue
+        if any(p.name not in EXPORT_ENTRIES for p in path.iterdir()):
+            continue
+        if m["pid"] is not None and _pid_alive(int(m["pid"])):
+            continue
+        if now - _newest_mtime(path) < max_age_s:
+            continue
+        if m["kind"] == "old" and not (parent / m["name"]).exists():
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            removed.append(str(path))
+    return removed
 
 
 def _check_formats(formats):
@@ -615,7 +722,9 @@ def export_model(model, out_dir, formats=FORMATS, image_size=None, stage=None, p
     image_size: the square input side of every artifact (default: the model's input size).
     stage: recorded in config.json; for a registry name, which released stage to load.
     provenance: extra fields recorded under config.json's "provenance".
-    overwrite: replace a non-empty out_dir (otherwise refused).
+    overwrite: replace out_dir when it is an earlier export (config.json with the
+      "simclrv2-export" format marker, nothing else in it); any other non-empty out_dir is
+      refused, with or without it.
     temperature: the distill signature's default, recorded in config.json (the signature takes
       it as an input).
     Raises ExportError for bad input, VerificationError when an artifact doesn't match; either
@@ -653,6 +762,7 @@ def export_model(model, out_dir, formats=FORMATS, image_size=None, stage=None, p
 
     graph = _Graph(keras_model, image_size, temperature)
     report = {
+        "format": EXPORT_FORMAT,
         "format_version": FORMAT_VERSION,
         "simclrv2_version": simclrv2.__version__,
         "architecture": config.name,
@@ -675,7 +785,8 @@ def export_model(model, out_dir, formats=FORMATS, image_size=None, stage=None, p
         report["classes"]["names"] = list(provenance["class_names"])
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    stale = remove_stale_temporaries(out.parent)
+    tmp = _temporary_name(out, "tmp")
     tmp.mkdir()
     try:
         if "savedmodel" in formats:
@@ -708,20 +819,23 @@ def export_model(model, out_dir, formats=FORMATS, image_size=None, stage=None, p
         (tmp / "config.json").write_text(json.dumps(report, indent=2) + "\n")
         (tmp / "README.md").write_text(model_card(report))
         write_checksums(tmp)
-        _place(tmp, out)
+        _place(tmp, out, overwrite)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     report["out_dir"] = str(out)
+    report["removed_stale"] = stale
     report["files"] = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     return report
 
 
-def _place(tmp, out):
-    """Renames tmp to out; an existing out is moved aside first and removed only afterwards."""
+def _place(tmp, out, overwrite):
+    """Renames tmp to out; an existing out is moved aside first and removed only afterwards.
+    It is checked again here: files may have appeared in it while the export ran."""
     old = None
     if out.exists():
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        _check_replaceable(out, overwrite)
+        old = _temporary_name(out, "old")
         os.rename(out, old)
     try:
         os.rename(tmp, out)

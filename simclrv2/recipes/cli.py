@@ -58,7 +58,8 @@ def _main(stage, argv):
 
     try:
         result = stages.STAGE_FUNCTIONS[stage](config)
-    except (config_lib.ConfigError, stages.engine.NonFiniteLossError) as error:
+    except (config_lib.ConfigError, stages.engine.NonFiniteLossError,
+            stages.engine.DamagedCheckpointsError) as error:
         print(f"simclrv2 {stage}: {error}", file=sys.stderr)
         return 1
     result.pop("model", None)

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import shutil
 import signal
 import sys
@@ -21,6 +22,10 @@ from simclrv2.recipes.config import ConfigError
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN/inf; the run stopped without saving the broken weights."""
+
+
+class DamagedCheckpointsError(RuntimeError):
+    """No checkpoint of a model_dir reads back; the message names each one and why."""
 
 
 def configure_tf(config):
@@ -142,13 +147,67 @@ def model_variables(model) -> dict:
     return {v.path: v for v in model.weights}
 
 
+def _checkpoint_number(prefix: str) -> int:
+    m = re.search(r"-(\d+)$", prefix)
+    return int(m.group(1)) if m else -1
+
+
+def checkpoints_newest_first(directory) -> list:
+    """The checkpoint prefixes in `directory`, newest first: those its state file lists, or
+    every `*.index` when the state file is missing or unreadable (TF reads a damaged one as
+    none, which would start the run afresh over its own checkpoints)."""
+    directory = pathlib.Path(directory)
+    state = tf.train.get_checkpoint_state(str(directory)) if directory.is_dir() else None
+    paths = list(state.all_model_checkpoint_paths) if state is not None else []
+    if state is not None and state.model_checkpoint_path and \
+            state.model_checkpoint_path not in paths:
+        paths.append(state.model_checkpoint_path)
+    if not paths and directory.is_dir():
+        paths = [str(p)[:-len(".index")] for p in directory.glob("*.index")]
+    return sorted(paths, key=_checkpoint_number, reverse=True)
+
+
+def restore_newest_intact(ckpt, directory):
+    """Restores the newest checkpoint in `directory` that reads back, walking back past damaged
+    ones (a kill mid-save, a full disk, a truncated copy). Returns (its prefix or None when
+    there is none, [(skipped prefix, why)]). Raises DamagedCheckpointsError when none reads
+    back; a checkpoint of another model still raises as before (that is no damage)."""
+    skipped = []
+    for prefix in checkpoints_newest_first(directory):
+        try:
+            ckpt.restore(prefix).assert_existing_objects_matched()
+        # Damage shows as an OpError (checksum, short index, missing file) or, for a data file
+        # cut short, as IndexError("Read less bytes than requested").
+        except (tf.errors.OpError, IndexError) as e:
+            why = (getattr(e, "message", None) or str(e)).strip().splitlines()[-1][:160]
+            skipped.append((prefix, f"{type(e).__name__}: {why}"))
+            continue
+        return prefix, skipped
+    if skipped:
+        raise DamagedCheckpointsError(
+            f"none of the {len(skipped)} checkpoints in {directory} reads back ("
+            + "; ".join(f"{pathlib.Path(p).name}: {why}" for p, why in skipped)
+            + "); move that directory aside to train from the start")
+    return None, skipped
+
+
+def _resume_line(prefix, skipped, step) -> str:
+    line = f"resumed from {prefix} (step {step})"
+    if skipped:
+        line += "; skipped damaged " + ", ".join(
+            f"{pathlib.Path(p).name} ({why})" for p, why in skipped)
+    return line
+
+
 def train_loop(*, config, strategy, model_dir, trackables, optimizer, replica_step, dataset_fn,
                total_steps, eval_fn=None, eval_steps=0, log=None):
     """Runs replica_step on distributed batches from `dataset_fn(start_batch)` until total_steps.
 
     Resumes from the latest checkpoint in model_dir (weights, optimizer slots and step, hence the
-    schedule position; the data restarts at batch `step`). Saves every checkpoint_steps, at the end
-    and on SIGTERM. Returns (last metrics dict, status) with status "done" or "preempted".
+    schedule position; the data restarts at batch `step`), or from the newest one before it
+    that reads back when it is damaged; one line on stderr says which. Saves every
+    checkpoint_steps, at the end and on SIGTERM. Returns (last metrics dict, status) with status
+    "done" or "preempted".
     """
     model_dir = pathlib.Path(model_dir)
     chief = is_chief(strategy)
@@ -159,10 +218,10 @@ def train_loop(*, config, strategy, model_dir, trackables, optimizer, replica_st
     manager = tf.train.CheckpointManager(ckpt, str(directory), max_to_keep=config.keep_checkpoints,
                                          checkpoint_name="ckpt")
     # Every worker resumes from the chief's checkpoints (model_dir must be on a shared disk).
-    latest = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
-    if latest:
-        ckpt.restore(latest).assert_existing_objects_matched()
+    latest, skipped = restore_newest_intact(ckpt, model_dir / "checkpoints")
     step = int(optimizer.iterations.numpy())
+    if latest and chief:
+        print(_resume_line(latest, skipped, step), file=sys.stderr, flush=True)
     log = log or RunLog(model_dir, chief)
 
     dist_ds = strategy.experimental_distribute_dataset(dataset_fn(step))

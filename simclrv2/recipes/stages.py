@@ -148,7 +148,12 @@ def _finish(model_dir, stage, result, model, chief, started):
     result["stage"] = stage
     if model is not None and chief and result.get("status") == "done":
         path = model_dir / "model.keras"
-        model.save(path)
+        from simclrv2.atomic_files import replacing
+
+        # Into a temporary sibling, then renamed: a kill mid-save must not leave a broken
+        # model.keras, which loaders and `simclrv2 export` would take for the result.
+        with replacing(path) as tmp:
+            model.save(tmp)
         result["keras_path"] = str(path)
     result["checkpoint"] = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
     if chief:

@@ -45,7 +45,8 @@ def _zoo_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="table of released checkpoints",
                        description="Print one row per released checkpoint: name, stage, "
                                    "architecture, the paper's ImageNet top-1 (%%), whether "
-                                   "it is in the cache, and its HTTPS URL.")
+                                   "it is in the cache (yes, or 'damaged' when a file is "
+                                   "missing or not the recorded size), and its HTTPS URL.")
     p.add_argument("--stage", help=f"only this stage ({', '.join(ck.STAGES)})")
     p.add_argument("--arch", dest="architecture", help="only this architecture, e.g. r50_1x_sk1")
     p.add_argument("--version", type=int, choices=(1, 2), help="only SimCLR v1 or v2")
@@ -111,10 +112,11 @@ def _models(args) -> int:
 
 def _list(args) -> int:
     rows = [("name", "stage", "arch", "top-1", "cached", "url")]
+    shown = {"complete": "yes", "damaged": "damaged", "absent": ""}
     for c in ck.list_checkpoints(stage=args.stage, architecture=args.architecture,
                                  version=args.version):
         rows.append((c.name, c.stage, c.architecture, _fmt_top1(c.top1),
-                     "yes" if dl.is_cached(c, args.cache_dir) else "", c.url))
+                     shown[dl.cache_status(c, args.cache_dir)], c.url))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)) + "  " + r[-1])
@@ -165,7 +167,10 @@ def _convert_parser() -> argparse.ArgumentParser:
                      help="released checkpoint name (see `simclrv2 zoo list`); needs --stage")
     parser.add_argument("--stage", help="stage of --checkpoint, e.g. pretrained or finetuned_10pct")
     parser.add_argument("--out", required=True, metavar="FILE.keras",
-                        help="output model file; must end in .keras")
+                        help="output model file; must end in .keras and not exist (see "
+                             "--overwrite). A FILE.json with its provenance is written beside it")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --out (and its .json)")
     parser.add_argument("--arch", metavar="NAME",
                         help="architecture such as r50_1x_sk1; default: read from the "
                              "SavedModel (or from the registry with --checkpoint)")
@@ -175,6 +180,19 @@ def _convert_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache-dir", help="cache root for --checkpoint downloads")
     parser.add_argument("--base-url", help="HTTP(S) root for --checkpoint downloads")
     return parser
+
+
+def _check_overwrite(out: pathlib.Path, overwrite: bool) -> None:
+    """Refuses to replace an existing output (the .keras or the .json written beside it) unless
+    asked: checked before any download or conversion, so a refusal costs nothing."""
+    if out.is_dir():
+        raise _UserError(f"--out {out} is a directory; give a file path ending in .keras")
+    side = out.with_suffix(".json")
+    existing = [p for p in (out, side) if p.exists()]
+    if existing and not overwrite:
+        names, one = " and ".join(str(p) for p in existing), len(existing) == 1
+        raise _UserError(f"{names} already exist{'s' if one else ''}; pass --overwrite to "
+                         f"replace {'it' if one else 'them'}, or choose another --out")
 
 
 def convert_main(argv=None) -> int:
@@ -191,6 +209,7 @@ def convert_main(argv=None) -> int:
                              f"e.g. --out {out.with_suffix('.keras')}")
         if not out.parent.is_dir():
             raise _UserError(f"the directory of --out, {out.parent}, does not exist; create it first")
+        _check_overwrite(out, args.overwrite)
         if args.arch is not None and not _ARCH_RE.match(args.arch):
             raise _UserError(f"--arch {args.arch!r} is not of the form r{{depth}}_{{width}}x_sk{{0|1}}, "
                              "e.g. r50_1x_sk1")
