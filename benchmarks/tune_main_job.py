@@ -33,7 +33,23 @@ GROUPS = {
         "px28_b64": ["--image-size", "28", "--steps", "220",
                      "--set", "pretrain.global_batch_size=64"],
     },
+    # At the size and batch chosen above (px28_b64): the contrastive temperature and the crop's
+    # smallest area (upstream's 0.08 of the image is harsh on small images).
+    "pretrain28": {
+        "px28_b64_t0.5": ["--image-size", "28", "--steps", "220",
+                          "--set", "pretrain.global_batch_size=64",
+                          "--set", "pretrain.temperature=0.5"],
+        "px28_b64_crop0.25": ["--image-size", "28", "--steps", "220",
+                              "--set", "pretrain.global_batch_size=64",
+                              "--set", "pretrain.crop_area_min=0.25"],
+    },    # Fine-tuning from one pretrained network (--pretrained: the run dir of a full validation
+    # run of the job, whose pretrain/ is copied into each variant's run dir).
+    "finetune": {
+        "ft_lr0.02": ["--set", "finetune.learning_rate=0.02"],
+        "ft_lr0.15": ["--set", "finetune.learning_rate=0.15"],
+    },
 }
+FINETUNE_STAGES = "pretrain,finetune_1pct,finetune_10pct"
 
 
 def parse_args(argv):
@@ -43,7 +59,20 @@ def parse_args(argv):
     p.add_argument("--work-dir", default="runs/tune")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "tune_main_job.jsonl"))
     p.add_argument("--list", action="store_true")
+    p.add_argument("--pretrained", default="runs/val_main",
+                   help="for --group finetune: a validation run of the job whose pretrain/ to use")
     return p.parse_args(argv)
+
+
+def _copy_pretrained(source, target):
+    """The finished pretraining stage (result.json marks it done, so the job reuses it)."""
+    import shutil
+
+    if not (source / "result.json").is_file():
+        raise SystemExit(f"{source} holds no finished pretraining; run `simclrv2 run "
+                         f"--validation --run-dir {source.parent}` first")
+    if not target.exists():
+        shutil.copytree(source, target)
 
 
 def main(argv=None):
@@ -58,12 +87,17 @@ def main(argv=None):
     for name, extra in variants.items():
         command = [sys.executable, "-m", "simclrv2", "run", "--validation", "--no-export",
                    "--run-dir", str(pathlib.Path(args.work_dir) / name)]
-        if args.group == "pretrain":
+        if args.group.startswith("pretrain"):
             command += ["--only", PRETRAIN_STAGES]
+        else:
+            command += ["--only", FINETUNE_STAGES]
         command += extra
         print(f"{name}: {' '.join(command[3:])}", flush=True)
         if args.list or name in done:
             continue
+        if args.group == "finetune":
+            _copy_pretrained(pathlib.Path(args.pretrained) / "pretrain",
+                             pathlib.Path(args.work_dir) / name / "pretrain")
         started = time.time()
         subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
         results = json.loads((pathlib.Path(args.work_dir) / name / "results.json").read_text())

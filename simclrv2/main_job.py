@@ -33,7 +33,7 @@ TRAIN_SIZE = 60000
 # The job's settings, chosen on the validation split (5,000 training images held out with a
 # fixed seed; `simclrv2 run --validation`), never on the test images: docs/main_job.md shows
 # the validation runs behind each choice (benchmarks/tune_main_job.py reruns them).
-DEFAULTS = dict(image_size=16, steps=200, finetune_steps=(150, 400), distill_steps=150)
+DEFAULTS = dict(image_size=16, steps=300, finetune_steps=(100, 200), distill_steps=250)
 QUICK = dict(steps=6, finetune_steps=(4, 4), distill_steps=4)
 # Recipe values per kind of stage run (benchmarks/semi_supervised.py uses them too).
 PRETRAIN = dict(global_batch_size=128, optimizer="lars", learning_rate=0.2,
