@@ -52,7 +52,7 @@ def test_list_bad_stage_is_one_line_exit_2(capsys):
     code, out, err = _run(cli.zoo_main, ["list", "--stage", "linear"], capsys)
     assert code == 2 and out == ""
     assert err.count("\n") == 1
-    assert err.startswith("simclrv2 zoo list: error: unknown stage 'linear'")
+    assert err.startswith("simclrv2 zoo list: unknown stage 'linear'")
     assert "Traceback" not in err
 
 
@@ -87,7 +87,7 @@ def test_download_errors(capsys, tmp_path):
                                              "--cache-dir", str(tmp_path), "--base-url", base,
                                              "--retries", "1"], capsys)
     assert code == 2 and out == ""
-    assert err.startswith("simclrv2 zoo download: error: could not download http://127.0.0.1")
+    assert err.startswith("simclrv2 zoo download: could not download http://127.0.0.1")
     assert "gsutil" in err and "Traceback" not in err
     with pytest.raises(SystemExit) as info:  # --stage is required
         cli.zoo_main(["download", NAME])
@@ -184,7 +184,7 @@ def test_convert_user_errors_are_one_line(capsys, tmp_path, fake_importer):
     for argv, message in cases:
         code, out, err = _run(cli.convert_main, argv, capsys)
         assert code == 2, argv
-        assert err.startswith("simclrv2 convert: error: ") and message in err, err
+        assert err.startswith("simclrv2 convert: ") and message in err, err
         assert err.count("\n") == 1
     assert fake_importer == []
 
