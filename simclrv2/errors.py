@@ -10,7 +10,9 @@ Anything else is a bug in simclrv2 or in a library it calls: the traceback is pr
 line saying so, and the exit status is 70 (EX_SOFTWARE), so that it is never mistaken for a
 status a command documents (export's 1 means "an artifact did not match"). `--debug` anywhere
 on the command line, or SIMCLRV2_DEBUG=1, prints the traceback of ordinary mistakes too; the
-exit status stays the same. KeyboardInterrupt prints "interrupted" and exits 130.
+exit status stays the same. KeyboardInterrupt prints "interrupted" and exits 130. A training
+run that failed on its own terms (the loss became NaN/inf, no checkpoint reads back) is one line
+and exit 1, as the training stages document it.
 
 What counts as ordinary, by exception type (see `describe`):
 - ValueError (ConfigError, DataNotFoundError, ExportError, ... and plain ValueError) raised by
@@ -61,6 +63,10 @@ _OS_FIXES = {
     errno.ENOSPC: "the disk is full; free some space or write somewhere else",
     errno.EDQUOT: "the disk quota is used up; free some space or write somewhere else",
 }
+# A run that failed on its own terms, not by a mistake in its input nor by a bug: exit 1, as
+# the training stages document it (matched by class name: no TensorFlow import here).
+_RUN_FAILURES = ("NonFiniteLossError", "DamagedCheckpointsError")
+EXIT_RUN_FAILED = 1
 _TF_FILE_ERRORS = {
     "DataLossError": "the file is corrupt or truncated; write or download it again",
     "NotFoundError": "check the path",
@@ -116,6 +122,11 @@ def _tensorflow_file_error(error):
     return None
 
 
+def _is_run_failure(error) -> bool:
+    return any(cls.__module__.startswith("simclrv2.") and cls.__name__ in _RUN_FAILURES
+               for cls in type(error).__mro__)
+
+
 def _raised_in_library(error) -> bool:
     """Whether the innermost frame of `error` is in the standard library or an installed
     package other than simclrv2 (which may itself be installed in site-packages)."""
@@ -162,6 +173,11 @@ def run(command: str, function, argv, debug: bool = False) -> int:
         print(f"simclrv2 {command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as error:  # noqa: BLE001 -- sorted into mistakes and bugs right here
+        if _is_run_failure(error):
+            if debug:
+                traceback.print_exc()
+            print(f"simclrv2 {command}: {_one_line(str(error))}", file=sys.stderr)
+            return EXIT_RUN_FAILED
         message = describe(error)
         if message is None:
             traceback.print_exc()

@@ -244,3 +244,21 @@ def test_value_errors_are_mistakes_only_when_simclrv2_raises_them():
     enospc = OSError(errno.ENOSPC, "No space left on device", "/x/model.keras")
     assert errors.describe(enospc) == ("No space left on device: '/x/model.keras'; the disk is "
                                        "full; free some space or write somewhere else")
+
+
+def test_a_diverged_run_is_one_line_and_exit_1(tmp_path, capsys, monkeypatch):
+    """A NaN/inf loss is neither a mistake in the input nor a bug: exit 1, as the training
+    stages document it, for `simclrv2 run` as much as for `simclrv2 pretrain`."""
+    from simclrv2.recipes import engine, stages
+
+    def diverged(config):
+        raise engine.NonFiniteLossError("loss is nan at step 3: training stopped without "
+                                        "saving. Lower learning_rate (now 1e+25)")
+
+    monkeypatch.setitem(stages.STAGE_FUNCTIONS, "pretrain", diverged)
+    monkeypatch.delenv(errors.DEBUG_ENV, raising=False)
+    code = cli.main(["pretrain", "--dataset=synthetic", f"--model_dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("simclrv2 pretrain: loss is nan at step 3")
+    assert not (tmp_path / "run").exists()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import pathlib
-import sys
 
 from simclrv2 import errors
 from simclrv2.recipes import config as config_lib
@@ -44,8 +43,8 @@ def parse_args(stage: str, argv):
 
 
 def _main(stage, argv):
-    """Runs one stage; failures are reported by simclrv2.errors (one line, exit 2, for a bad
-    recipe, option, checkpoint or dataset), except a loss that became NaN/inf: exit 1."""
+    """Runs one stage; failures are reported by simclrv2.errors: one line and exit 2 for a bad
+    recipe, option, checkpoint or dataset, one line and exit 1 for a loss that became NaN/inf."""
     if any(a in ("-h", "--help") for a in argv):
         keys = ", ".join(f.name for f in config_lib.dataclasses.fields(config_lib.STAGES[stage]))
         print(USAGE.format(stage=stage, recipes=", ".join(config_lib.list_recipes()), keys=keys))
@@ -62,11 +61,7 @@ def _main(stage, argv):
     from simclrv2.recipes import stages  # TensorFlow: only once there is something to run
 
     with _removed_if_left_empty(model_dir):
-        try:
-            result = stages.STAGE_FUNCTIONS[stage](config)
-        except stages.engine.NonFiniteLossError as error:
-            print(f"simclrv2 {stage}: {error}", file=sys.stderr)
-            return 1
+        result = stages.STAGE_FUNCTIONS[stage](config)
     result.pop("model", None)
     print(json.dumps(result, indent=2, default=str))
     return 0 if result.get("status") == "done" else 3
