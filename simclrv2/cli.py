@@ -1,11 +1,15 @@
 """The `simclrv2` command: one entry point, each sub-command owned by its package.
 
 Sub-commands are imported lazily so that `simclrv2 zoo list` does not pay for TensorFlow's
-start-up more than it must.
+start-up more than it must. Failures are reported by simclrv2.errors: one line and exit 2 for
+an ordinary mistake, the traceback and exit 70 for a bug; `--debug` anywhere on the command line
+(or SIMCLRV2_DEBUG=1) shows the traceback of a mistake too.
 """
 
 import importlib
 import sys
+
+from simclrv2 import errors
 
 # sub-command -> (module, function, one-line help)
 COMMANDS = {
@@ -26,12 +30,16 @@ def _usage() -> str:
     for name, (_, _, help_text) in COMMANDS.items():
         lines.append(f"  {name:<11} {help_text}")
     lines.append("")
-    lines.append("`simclrv2 COMMAND --help` describes the options of one command.")
+    lines.append("`simclrv2 COMMAND --help` describes the options of one command. A mistake is")
+    lines.append("reported in one line (exit 2); --debug, anywhere, shows its traceback too.")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # --debug may come before the command name too; it is removed before any parser sees it.
+    debug = errors.debug_requested(argv)
+    argv = errors.strip_debug(argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
@@ -42,8 +50,9 @@ def main(argv=None) -> int:
         return 2
     module_name, function_name, _ = COMMANDS[name]
     function = getattr(importlib.import_module(module_name), function_name)
-    result = function(rest)
-    return int(result or 0)
+    if hasattr(function, "__wrapped__"):  # an errors.command: it reports its own failures
+        return function(rest + [errors.DEBUG_FLAG] * debug)
+    return errors.run(name, function, rest, debug)
 
 
 if __name__ == "__main__":

@@ -18,14 +18,15 @@ import platform
 import sys
 import time
 
+from simclrv2 import errors
 from simclrv2.atomic_files import write_json
 from simclrv2.plotting import label_fraction_axes, save_label_fraction_plot
+from simclrv2.zoo.config import WIDTHS, format_width, parse_name
 
 FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
-INSTALL_HINT = ("Fashion-MNIST is not installed. It is Debian's dataset-fashion-mnist package:\n"
-                "  sudo apt-get install dataset-fashion-mnist\n"
-                f"(files land in {FMNIST_DIR}), or pass --data-dir a folder holding the four idx "
-                ".gz files (train-images-idx3-ubyte.gz, ...).")
+INSTALL_HINT = ("Fashion-MNIST is Debian's dataset-fashion-mnist package: `sudo apt-get install "
+                f"dataset-fashion-mnist` (files land in {FMNIST_DIR}), or pass --data-dir a "
+                "folder holding the four idx .gz files (train-images-idx3-ubyte.gz, ...)")
 EXPORT_FORMATS = ("savedmodel", "onnx", "keras")
 TRAIN_SIZE = 60000
 
@@ -122,6 +123,16 @@ def parse_args(argv):
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.image_size < 8:
         parser.error("--image-size must be >= 8 (the exported model needs 8 px or more)")
+    for option, width in (("--width", args.width), ("--student-width", args.student_width)):
+        try:
+            parse_name(_arch(width))
+        except ValueError:
+            default = " (by default half of --width)" if option == "--student-width" else ""
+            parser.error(f"{option} {width:g}{default}: the zoo has no ResNet-18 of that width; "
+                         f"valid widths: {', '.join(format_width(w) for w in WIDTHS)}")
+    if os.path.exists(args.run_dir) and not os.path.isdir(args.run_dir):
+        parser.error(f"--run-dir {args.run_dir} is a file; give a folder (new, or a run to "
+                     f"resume)")
     for setting in args.settings:
         target, _, value = setting.partition("=")
         stage, _, key = target.partition(".")
@@ -221,8 +232,8 @@ def plan(args):
         wanted = set(args.only.split(","))
         unknown = wanted - {name for name, _, _ in stages}
         if unknown:
-            raise SystemExit(f"simclrv2 run: --only names unknown stages {sorted(unknown)}; "
-                             f"stages: {', '.join(name for name, _, _ in stages)}")
+            raise errors.UsageError(f"--only names unknown stages {sorted(unknown)}; "
+                                    f"stages: {', '.join(name for name, _, _ in stages)}")
         stages = [stage for stage in stages if stage[0] in wanted]
     return stages
 
@@ -250,8 +261,8 @@ def check_run_dir(args):
     if previous is not None and previous.get("options") != identity:
         changed = sorted(k for k in set(identity) | set(previous.get("options", {}))
                          if identity.get(k) != previous.get("options", {}).get(k))
-        raise SystemExit(f"simclrv2 run: {run} holds a run with other options ({', '.join(changed)}"
-                         f" differ); use another --run-dir or delete {run}")
+        raise errors.UsageError(f"{run} holds a run with other options ({', '.join(changed)} "
+                                f"differ); use another --run-dir or delete {run}")
     if previous is None:
         write_json(run / "job.json", {"options": identity, "stage_wall_s": {}})
 
@@ -268,7 +279,7 @@ def check_data(args):
     try:
         data.load_labeled("fashion_mnist", "test", args.data_dir)
     except data.DataNotFoundError as error:
-        raise SystemExit(f"simclrv2 run: {error}\n\n{INSTALL_HINT}") from None
+        raise errors.UsageError(f"{str(error).partition('; ')[0]}; {INSTALL_HINT}") from None
 
 
 def _export_module():
@@ -466,12 +477,14 @@ def _versions():
             "keras": keras.__version__, "numpy": np.__version__, "python": platform.python_version()}
 
 
+@errors.command("run")
 def main(argv=None):
+    """Failures are reported by simclrv2.errors (one line, exit 2, for bad options, a missing or
+    corrupt dataset or a run directory of other settings); an interrupted run exits 130."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     started = time.time()
     run = pathlib.Path(args.run_dir)
-    check_run_dir(args)
 
     import tensorflow as tf
     try:
@@ -480,7 +493,8 @@ def main(argv=None):
         tf.config.threading.set_inter_op_parallelism_threads(1)
     except RuntimeError:
         pass
-    check_data(args)
+    check_data(args)  # before the run directory: a missing dataset leaves nothing behind
+    check_run_dir(args)
 
     stages = plan(args)
     total = len(stages) + (0 if args.no_export else 1)

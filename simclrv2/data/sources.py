@@ -16,6 +16,7 @@ import dataclasses
 import gzip
 import logging
 import os
+import zlib
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -120,14 +121,21 @@ def decode_image(encoded: tf.Tensor) -> tf.Tensor:
 # Fashion-MNIST (Debian's dataset-fashion-mnist)
 
 def _read_idx(path: str, expected_magic: int) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        data = f.read()
+    reinstall = "reinstall it with `apt-get install --reinstall dataset-fashion-mnist`"
+    try:
+        with gzip.open(path, "rb") as f:
+            data = f.read()
+    except (EOFError, OSError, zlib.error) as error:  # cut short, or not gzip at all
+        raise ValueError(f"{path} is truncated or corrupt ({error}); {reinstall}") from None
     magic = int.from_bytes(data[0:4], "big")
     if magic != expected_magic:
         raise ValueError(f"{path} is not an idx file (magic {magic:#x}, expected {expected_magic:#x}); "
-                         "reinstall it with `apt-get install --reinstall dataset-fashion-mnist`")
+                         f"{reinstall}")
     ndim = magic & 0xFF
     dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    if len(data) != 4 + 4 * ndim + int(np.prod(dims)):
+        raise ValueError(f"{path} holds {len(data)} bytes where its header promises "
+                         f"{4 + 4 * ndim + int(np.prod(dims))}: it is truncated; {reinstall}")
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 

@@ -3,13 +3,15 @@
 import argparse
 import sys
 
+from simclrv2 import errors
+
 EPILOG = """examples:
   simclrv2 export --model runs/fmnist_finetune --out exports/fmnist
   simclrv2 export --model r50_1x_sk1 --stage finetuned_10pct --out exports/r50 --formats savedmodel,onnx
   simclrv2 export --model path/to/official/saved_model --out exports/official --image-size 224
 
 Exit status: 0 exported, 1 an artifact did not match the Keras model (nothing written),
-2 bad input."""
+2 bad input (one line saying what to fix; --debug shows the traceback), 70 a bug (traceback)."""
 
 
 def _parser():
@@ -42,9 +44,13 @@ def _parser():
     return p
 
 
+@errors.command("export")
 def export_main(argv=None) -> int:
+    """Bad input (ExportError, the importer's and the run loader's ValueErrors, a missing or
+    corrupt file, a full disk) is reported by simclrv2.errors: one line, exit 2. An artifact
+    that does not match the Keras model is this command's own exit 1."""
     args = _parser().parse_args(argv)
-    from simclrv2.export.exporter import ExportError, VerificationError, export_model
+    from simclrv2.export.exporter import VerificationError, export_model
 
     try:
         report = export_model(args.model, args.out, formats=args.formats,
@@ -53,11 +59,6 @@ def export_main(argv=None) -> int:
     except VerificationError as e:
         print(f"simclrv2 export: verification failed: {e}", file=sys.stderr)
         return 1
-    except (ExportError, ValueError, OSError) as e:
-        # ValueError: the importer's and recipe loader's refusals (not an official SavedModel,
-        # mismatching variables, no checkpoint yet) already say what is wrong.
-        print(f"simclrv2 export: error: {e}", file=sys.stderr)
-        return 2
     ver = report["verification"]
     print(f"exported {report['architecture']} ({report['stage']}) at {report['image_size']} px "
           f"to {report['out_dir']}")

@@ -63,12 +63,10 @@ def _read_json(path):
 
 
 def _load_keras(path):
-    import keras
-
-    import simclrv2.zoo  # noqa: F401  (registers SimCLRv2Model for load_model)
+    from simclrv2.zoo.keras_file import load_keras_file  # names a missing or corrupt file
     from simclrv2.zoo.model import SimCLRv2Model
 
-    model = keras.saving.load_model(path, compile=False)
+    model = load_keras_file(path)
     if not isinstance(model, SimCLRv2Model):
         raise ExportError(f"{path} holds a {type(model).__name__}, not a simclrv2 SimCLRv2Model; "
                           "export a model from simclrv2.zoo, a recipe run or `simclrv2 convert`")

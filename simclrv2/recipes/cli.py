@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import sys
+import pathlib
 
+from simclrv2 import errors
 from simclrv2.recipes import config as config_lib
 
 USAGE = """usage: simclrv2 {stage} [--recipe NAME_OR_FILE] [--key=value ...] [--print-config]
@@ -41,43 +43,58 @@ def parse_args(stage: str, argv):
 
 
 def _main(stage, argv):
+    """Runs one stage; failures are reported by simclrv2.errors: one line and exit 2 for a bad
+    recipe, option, checkpoint or dataset, one line and exit 1 for a loss that became NaN/inf."""
     if any(a in ("-h", "--help") for a in argv):
         keys = ", ".join(f.name for f in config_lib.dataclasses.fields(config_lib.STAGES[stage]))
         print(USAGE.format(stage=stage, recipes=", ".join(config_lib.list_recipes()), keys=keys))
         return 0
-    try:
-        recipe, overrides, print_only = parse_args(stage, argv)
-        config = config_lib.load(stage, recipe, overrides)
-    except config_lib.ConfigError as error:
-        print(f"simclrv2 {stage}: {error}", file=sys.stderr)
-        return 2
+    recipe, overrides, print_only = parse_args(stage, argv)
+    config = config_lib.load(stage, recipe, overrides)
     if print_only:
         print(json.dumps(config_lib.to_dict(config), indent=2))
         return 0
+    model_dir = pathlib.Path(config.model_dir)
+    if model_dir.exists() and not model_dir.is_dir():
+        raise config_lib.ConfigError(f"model_dir {model_dir} is a file; pass --model_dir=DIR, a "
+                                     f"new folder or a run to resume")
     from simclrv2.recipes import stages  # TensorFlow: only once there is something to run
 
-    try:
+    with _removed_if_left_empty(model_dir):
         result = stages.STAGE_FUNCTIONS[stage](config)
-    except (config_lib.ConfigError, stages.engine.NonFiniteLossError,
-            stages.engine.DamagedCheckpointsError) as error:
-        print(f"simclrv2 {stage}: {error}", file=sys.stderr)
-        return 1
     result.pop("model", None)
     print(json.dumps(result, indent=2, default=str))
     return 0 if result.get("status") == "done" else 3
 
 
+@contextlib.contextmanager
+def _removed_if_left_empty(model_dir):
+    """A run refused before it wrote anything (a bad dataset or checkpoint is found only after
+    the stage made model_dir) leaves no empty model_dir behind, if it was new."""
+    existed = model_dir.exists()
+    try:
+        yield
+    except Exception:
+        if not existed and model_dir.is_dir() and not any(model_dir.iterdir()):
+            model_dir.rmdir()
+        raise
+
+
+@errors.command("pretrain")
 def pretrain_main(argv):
     return _main("pretrain", argv)
 
 
+@errors.command("finetune")
 def finetune_main(argv):
     return _main("finetune", argv)
 
 
+@errors.command("lineareval")
 def lineareval_main(argv):
     return _main("lineareval", argv)
 
 
+@errors.command("distill")
 def distill_main(argv):
     return _main("distill", argv)

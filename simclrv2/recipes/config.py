@@ -119,6 +119,7 @@ class PretrainConfig(RunConfig):
 
     def validate(self):
         super().validate()
+        _check_model_name("model", self.model)
         if self.temperature <= 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
         if not 0 < self.crop_area_min <= 1:
@@ -145,6 +146,8 @@ class FinetuneConfig(RunConfig):
         if not self.checkpoint and not self.model:
             raise ConfigError("set checkpoint (a pretraining model_dir or a .keras file) or model "
                               "(an architecture name, to train from scratch)")
+        if not self.checkpoint:
+            _check_model_name("model", self.model)
         if not -1 <= self.fine_tune_after_block <= 4:
             raise ConfigError(f"fine_tune_after_block must be in -1..4, got "
                               f"{self.fine_tune_after_block}")
@@ -191,6 +194,7 @@ class DistillConfig(RunConfig):
         super().validate()
         if not self.teacher:
             raise ConfigError("distillation needs teacher (a model_dir, .keras or SavedModel)")
+        _check_model_name("student", self.student)
         if self.temperature <= 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
         if self.labeled_weight < 0:
@@ -206,6 +210,17 @@ def _check_label_fraction(config):
     """Every stage that reads a labeled fraction refuses one outside (0, 1] before training."""
     if not 0 < config.label_fraction <= 1:
         raise ConfigError(f"label_fraction must be in (0, 1], got {config.label_fraction}")
+
+
+def _check_model_name(key, name):
+    """A zoo architecture name, checked before anything is built or written (the zoo's config
+    module is plain Python: no TensorFlow here)."""
+    from simclrv2.zoo.config import parse_name
+
+    try:
+        parse_name(name)
+    except ValueError as error:
+        raise ConfigError(f"{key}: {error}") from None
 
 
 def _choice(name, value, valid):
@@ -251,6 +266,8 @@ def _coerce(key, value, annotation, from_text):
     elif base is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
+        if ok and not math.isfinite(value):  # 1e999 in a recipe, or nan from Python
+            raise ConfigError(f"{key} must be a finite number, got {value}")
     else:
         ok = isinstance(value, base)
     if not ok:
@@ -289,6 +306,15 @@ def list_recipes() -> list:
     return sorted(p.stem for p in RECIPE_DIR.glob("*.json"))
 
 
+class _NonFiniteNumber(Exception):
+    pass
+
+
+def _refuse_constant(name):
+    """json.loads accepts NaN, Infinity and -Infinity by default; no setting may be one."""
+    raise _NonFiniteNumber(name)
+
+
 def read_recipe(name_or_file: str) -> dict:
     """A recipe by name (a file in simclrv2/recipes/recipes/) or path to a JSON file."""
     path = pathlib.Path(name_or_file)
@@ -298,9 +324,17 @@ def read_recipe(name_or_file: str) -> dict:
         raise ConfigError(f"no recipe {name_or_file!r}: not a file and not one of "
                           f"{', '.join(list_recipes())}")
     try:
-        values = json.loads(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"recipe {path} is not UTF-8 text (a binary file?); a recipe is a "
+                          f"JSON file") from None
+    try:
+        values = json.loads(text, parse_constant=_refuse_constant)
     except json.JSONDecodeError as error:
         raise ConfigError(f"recipe {path} is not valid JSON: {error}") from None
+    except _NonFiniteNumber as error:
+        raise ConfigError(f"recipe {path} holds {error}, which is not a number JSON allows; "
+                          f"write a finite number") from None
     if not isinstance(values, dict):
         raise ConfigError(f"recipe {path} must hold a JSON object")
     return values

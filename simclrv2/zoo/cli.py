@@ -1,8 +1,10 @@
 """`simclrv2 zoo {list,info,download}` and `simclrv2 convert`.
 
-User errors (unknown name, missing directory, failed download) print one `error:` line (the
-download error adds how to place the files by hand) to stderr and return 2, without a
-traceback. The importer is imported only by `convert`, so listing stays cheap.
+User errors (unknown name, missing directory, failed download) are reported by
+simclrv2.errors: one line (the download error adds how to place the files by hand) to stderr
+and exit 2, without a traceback. Only light modules are imported here (the registry, the
+download code, the zoo's config parser): `zoo list`, `zoo info` and every argument error
+answer without importing Keras or TensorFlow. The importer is imported only by `convert`.
 """
 
 from __future__ import annotations
@@ -10,16 +12,15 @@ from __future__ import annotations
 import argparse
 import pathlib
 import re
-import sys
 
+from simclrv2 import errors
 from simclrv2.zoo import checkpoints as ck
 from simclrv2.zoo import download as dl
+from simclrv2.zoo.config import parse_name
 
 _ARCH_RE = re.compile(r"^r\d+_\d+(\.\d+)?x_sk[01]$")
-
-
-class _UserError(Exception):
-    pass
+_ZOO_COMMANDS = ("list", "info", "download", "models")
+_UserError = errors.UsageError  # reported by simclrv2.errors: one line, exit 2
 
 
 def _fmt_top1(value):
@@ -75,19 +76,16 @@ def _zoo_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@errors.command("zoo", subcommands=_ZOO_COMMANDS)
 def zoo_main(argv=None) -> int:
     args = _zoo_parser().parse_args(argv)
-    try:
-        if args.command == "models":
-            return _models(args)
-        if args.command == "list":
-            return _list(args)
-        if args.command == "info":
-            return _info(args)
-        return _download(args)
-    except (_UserError, ValueError, OSError) as e:
-        print(f"simclrv2 zoo {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    if args.command == "models":
+        return _models(args)
+    if args.command == "list":
+        return _list(args)
+    if args.command == "info":
+        return _info(args)
+    return _download(args)
 
 
 def _models(args) -> int:
@@ -195,6 +193,7 @@ def _check_overwrite(out: pathlib.Path, overwrite: bool) -> None:
                          f"replace {'it' if one else 'them'}, or choose another --out")
 
 
+@errors.command("convert")
 def convert_main(argv=None) -> int:
     parser = _convert_parser()
     args = parser.parse_args(argv)
@@ -202,50 +201,48 @@ def convert_main(argv=None) -> int:
         parser.error("--checkpoint needs --stage (e.g. --stage pretrained)")
     if args.saved_model is not None and args.stage is not None:
         parser.error("--stage only goes with --checkpoint")
+    out = pathlib.Path(args.out)
+    if out.suffix != ".keras":
+        raise _UserError(f"--out {args.out!r} must end in .keras (Keras 3 native format), "
+                         f"e.g. --out {out.with_suffix('.keras')}")
+    if not out.parent.is_dir():
+        raise _UserError(f"the directory of --out, {out.parent}, does not exist; create it first")
+    _check_overwrite(out, args.overwrite)
+    if args.arch is not None and not _ARCH_RE.match(args.arch):
+        raise _UserError(f"--arch {args.arch!r} is not of the form "
+                         "r{depth}_{width}x_sk{0|1}, e.g. r50_1x_sk1")
+    if args.arch is not None:
+        parse_name(args.arch)  # a depth or width the zoo doesn't have: named here
+    if args.input_size is not None and args.input_size < 1:
+        raise _UserError(f"--input-size must be a positive number of pixels, got {args.input_size}")
+    architecture = args.arch
+    # Optional importer arguments are passed only when set, so the call stays within
+    # the minimal convert_saved_model(saved_model_dir, out_path, architecture) contract.
+    extra = {}
+    if args.input_size is not None:
+        extra["input_shape"] = (args.input_size, args.input_size, 3)
+    if args.checkpoint is not None:
+        entry = ck.get_checkpoint(args.checkpoint, args.stage)
+        architecture = architecture or entry.architecture
+        saved_model = dl.download_checkpoint(entry.name, entry.stage, cache_dir=args.cache_dir,
+                                             base_url=args.base_url)
+        extra["provenance"] = {"checkpoint": entry.name, "stage": entry.stage,
+                               "url": entry.url, "gs_url": entry.gs_url,
+                               "paper_top1": entry.top1}
+    else:
+        saved_model = pathlib.Path(args.saved_model)
+        if not (saved_model / "saved_model.pb").is_file():
+            hint = (f"; did you mean {saved_model / 'saved_model'}?"
+                    if (saved_model / "saved_model" / "saved_model.pb").is_file() else "")
+            raise _UserError(f"--saved-model {saved_model} has no saved_model.pb; give the "
+                             f"saved_model directory itself{hint}")
     try:
-        out = pathlib.Path(args.out)
-        if out.suffix != ".keras":
-            raise _UserError(f"--out {args.out!r} must end in .keras (Keras 3 native format), "
-                             f"e.g. --out {out.with_suffix('.keras')}")
-        if not out.parent.is_dir():
-            raise _UserError(f"the directory of --out, {out.parent}, does not exist; create it first")
-        _check_overwrite(out, args.overwrite)
-        if args.arch is not None and not _ARCH_RE.match(args.arch):
-            raise _UserError(f"--arch {args.arch!r} is not of the form r{{depth}}_{{width}}x_sk{{0|1}}, "
-                             "e.g. r50_1x_sk1")
-        if args.input_size is not None and args.input_size < 1:
-            raise _UserError(f"--input-size must be a positive number of pixels, got {args.input_size}")
-        architecture = args.arch
-        # Optional importer arguments are passed only when set, so the call stays within
-        # the minimal convert_saved_model(saved_model_dir, out_path, architecture) contract.
-        extra = {}
-        if args.input_size is not None:
-            extra["input_shape"] = (args.input_size, args.input_size, 3)
-        if args.checkpoint is not None:
-            entry = ck.get_checkpoint(args.checkpoint, args.stage)
-            architecture = architecture or entry.architecture
-            saved_model = dl.download_checkpoint(entry.name, entry.stage, cache_dir=args.cache_dir,
-                                                 base_url=args.base_url)
-            extra["provenance"] = {"checkpoint": entry.name, "stage": entry.stage,
-                                   "url": entry.url, "gs_url": entry.gs_url,
-                                   "paper_top1": entry.top1}
-        else:
-            saved_model = pathlib.Path(args.saved_model)
-            if not (saved_model / "saved_model.pb").is_file():
-                hint = (f"; did you mean {saved_model / 'saved_model'}?"
-                        if (saved_model / "saved_model" / "saved_model.pb").is_file() else "")
-                raise _UserError(f"--saved-model {saved_model} has no saved_model.pb; give the "
-                                 f"saved_model directory itself{hint}")
-        try:
-            from simclrv2.zoo.importer import convert_saved_model
-        except ImportError as e:
-            if e.name not in ("simclrv2.zoo.importer",):
-                raise
-            raise _UserError("this build of simclrv2 has no importer (simclrv2.zoo.importer "
-                             "is missing); update the package") from e
-        convert_saved_model(saved_model, out, architecture=architecture, **extra)
-    except (_UserError, ValueError, OSError) as e:
-        print(f"simclrv2 convert: error: {e}", file=sys.stderr)
-        return 2
+        from simclrv2.zoo.importer import convert_saved_model
+    except ImportError as e:
+        if e.name not in ("simclrv2.zoo.importer",):
+            raise
+        raise _UserError("this build of simclrv2 has no importer (simclrv2.zoo.importer "
+                         "is missing); update the package") from e
+    convert_saved_model(saved_model, out, architecture=architecture, **extra)
     print(out)
     return 0

@@ -27,6 +27,9 @@ _ALIAS_EDGES = frozenset({
 _KERAS_LAYER_LIST = re.compile(r"^(layers|layer-\d+|layer_with_weights-\d+)$")
 
 
+_DAMAGED = "the SavedModel is truncated or corrupt: download, copy or export it again"
+
+
 class NotAnOfficialSavedModel(ValueError):
     """The directory isn't a SavedModel, or not one in the official SimCLRv2 layout."""
 
@@ -72,7 +75,8 @@ def read_object_graph(saved_model_dir):
         with open(pb, "rb") as f:
             sm.ParseFromString(f.read())
     except Exception as e:  # protobuf raises DecodeError, a plain Exception subclass
-        raise NotAnOfficialSavedModel(f"{pb} can't be parsed as a SavedModel proto: {e}") from e
+        raise NotAnOfficialSavedModel(f"{pb} can't be parsed as a SavedModel proto: {e}; "
+                                      f"{_DAMAGED}") from e
     if not sm.meta_graphs or not sm.meta_graphs[0].HasField("object_graph_def"):
         raise NotAnOfficialSavedModel(
             f"{pb} has no object graph (a TF1 SavedModel?); the importer reads TF2 SavedModels "
@@ -129,7 +133,8 @@ def read_variable_records(saved_model_dir):
     try:
         keys = [k for k, _ in tf.train.list_variables(prefix)]
     except Exception as e:
-        raise NotAnOfficialSavedModel(f"can't read the variables of {saved_model_dir}: {e}") from e
+        raise NotAnOfficialSavedModel(f"can't read the variables of {saved_model_dir}: {e}; "
+                                      f"{_DAMAGED}") from e
     paths = _structural_paths(graph)
     records = []
     for full_key in keys:
@@ -164,10 +169,16 @@ def read_variables(saved_model_dir):
 
     records = sorted(read_variable_records(saved_model_dir), key=_key_sort)
     _, prefix = _files(saved_model_dir)
-    reader = tf.train.load_checkpoint(prefix)
     arrays = {}
-    for r in records:
-        if r.path in arrays:
-            raise NotAnOfficialSavedModel(f"two variables share the structural path {r.path}")
-        arrays[r.path] = np.asarray(reader.get_tensor(r.key + _VALUE_SUFFIX))
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        for r in records:
+            if r.path in arrays:
+                raise NotAnOfficialSavedModel(f"two variables share the structural path {r.path}")
+            arrays[r.path] = np.asarray(reader.get_tensor(r.key + _VALUE_SUFFIX))
+    except (tf.errors.OpError, IndexError) as e:
+        # A truncated variables.data file: TF's reader raises IndexError("Read less bytes
+        # than requested"), or DataLossError.
+        raise NotAnOfficialSavedModel(f"can't read the variables of {saved_model_dir}: {e}; "
+                                      f"{_DAMAGED}") from e
     return records, arrays
