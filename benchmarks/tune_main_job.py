@@ -47,9 +47,19 @@ GROUPS = {
     "finetune": {
         "ft_lr0.02": ["--set", "finetune.learning_rate=0.02"],
         "ft_lr0.15": ["--set", "finetune.learning_rate=0.15"],
+        "ft_lr0.01": ["--set", "finetune.learning_rate=0.01"],
+        "ft_lr0.005": ["--set", "finetune.learning_rate=0.005"],
+    },
+    # The from-scratch baselines get their own learning rate (a baseline handicapped by the
+    # fine-tuning rate would flatter SimCLR); the default run's 0.05 is in runs/val_main.
+    "scratch": {
+        "scratch_lr0.02": ["--set", "scratch.learning_rate=0.02"],
+        "scratch_lr0.1": ["--set", "scratch.learning_rate=0.1"],
+        "scratch_lr0.2": ["--set", "scratch.learning_rate=0.2"],
     },
 }
 FINETUNE_STAGES = "pretrain,finetune_1pct,finetune_10pct"
+SCRATCH_STAGES = "scratch_1pct,scratch_10pct"
 
 
 def parse_args(argv):
@@ -89,8 +99,10 @@ def main(argv=None):
                    "--run-dir", str(pathlib.Path(args.work_dir) / name)]
         if args.group.startswith("pretrain"):
             command += ["--only", PRETRAIN_STAGES]
-        else:
+        elif args.group == "finetune":
             command += ["--only", FINETUNE_STAGES]
+        else:
+            command += ["--only", SCRATCH_STAGES]
         command += extra
         print(f"{name}: {' '.join(command[3:])}", flush=True)
         if args.list or name in done:
