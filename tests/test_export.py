@@ -322,7 +322,7 @@ def test_overwrite_refuses_a_directory_that_is_not_an_export(tmp_path, capsys):
     argv = ["--model", str(model), "--out", str(mine), "--formats", "keras", "--overwrite"]
     assert export_main(argv) == 2
     err = capsys.readouterr().err
-    assert err == (f"simclrv2 export: error: --out {mine} is not an earlier simclrv2 export (no "
+    assert err == (f"simclrv2 export: --out {mine} is not an earlier simclrv2 export (no "
                    'config.json with "format": "simclrv2-export"), and --overwrite only replaces '
                    "an earlier export; choose a new directory, or empty this one yourself\n")
     assert (mine / "thesis.txt").read_text() == "two years of work"

@@ -171,7 +171,7 @@ def test_convert_refuses_an_existing_out_without_overwrite(capsys, tmp_path, fak
     argv = ["--saved-model", str(sm), "--out", str(out_file)]
     code, out, err = _run(cli.convert_main, argv, capsys)
     assert code == 2 and out == ""
-    assert err == (f"simclrv2 convert: error: {out_file} already exists; pass --overwrite to "
+    assert err == (f"simclrv2 convert: {out_file} already exists; pass --overwrite to "
                    "replace it, or choose another --out\n")
     assert out_file.read_bytes() == b"an earlier model" and fake_importer == []
     # The provenance JSON written beside the model is an output too.
