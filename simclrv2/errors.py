@@ -11,8 +11,8 @@ line saying so, and the exit status is 70 (EX_SOFTWARE), so that it is never mis
 status a command documents (export's 1 means "an artifact did not match"). `--debug` anywhere
 on the command line, or SIMCLRV2_DEBUG=1, prints the traceback of ordinary mistakes too; the
 exit status stays the same. KeyboardInterrupt prints "interrupted" and exits 130. A training
-run that failed on its own terms (the loss became NaN/inf, no checkpoint reads back) is one line
-and exit 1, as the training stages document it.
+run that failed on its own terms (the loss became NaN/inf, no checkpoint reads back, another
+worker of a multi-worker run died) is one line and exit 1, as the training stages document it.
 
 What counts as ordinary, by exception type (see `describe`):
 - ValueError (ConfigError, DataNotFoundError, ExportError, ... and plain ValueError) raised by
@@ -65,7 +65,7 @@ _OS_FIXES = {
 }
 # A run that failed on its own terms, not by a mistake in its input nor by a bug: exit 1, as
 # the training stages document it (matched by class name: no TensorFlow import here).
-_RUN_FAILURES = ("NonFiniteLossError", "DamagedCheckpointsError")
+_RUN_FAILURES = ("NonFiniteLossError", "DamagedCheckpointsError", "LostWorkerError")
 EXIT_RUN_FAILED = 1
 _TF_FILE_ERRORS = {
     "DataLossError": "the file is corrupt or truncated; write or download it again",

@@ -1,5 +1,6 @@
 """Distribution: 2 replicas (MirroredStrategy, sync BN, gathered negatives) == 1 replica on the same
-global batch; 2 worker processes (MultiWorkerMirroredStrategy) end with identical weights.
+global batch; 2 worker processes (MultiWorkerMirroredStrategy) end with identical weights; when
+one of them is killed, the other stops with one line naming the checkpoint to resume from.
 
 Logical devices and TF_CONFIG must be set before TensorFlow starts, so each case runs in a fresh
 interpreter.
@@ -7,10 +8,13 @@ interpreter.
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -95,6 +99,13 @@ print("RESULT" + json.dumps(result["train_metrics"]))
 """
 
 
+def _latest_checkpoint(directory):
+    """What tf.train.latest_checkpoint reads from the state file, without importing TF here."""
+    text = (directory / "checkpoint").read_text()
+    name = re.search(r'^model_checkpoint_path: "([^"]+)"', text, re.M).group(1)
+    return name if os.path.isabs(name) else str(directory / name)
+
+
 def _free_ports(n):
     sockets = [socket.socket() for _ in range(n)]
     for s in sockets:
@@ -136,3 +147,106 @@ def test_two_workers_end_with_identical_weights(tmp_path):
     assert not any(p.name.startswith("scratch_") for p in (tmp_path / "run").iterdir())
     metrics = [json.loads(out.split("RESULT")[-1]) for out, _ in outputs]
     assert metrics[0]["loss"] == metrics[1]["loss"]
+
+
+def test_a_killed_worker_stops_the_others_with_one_line(tmp_path):
+    """SIGKILL of worker 1 after the chief's first checkpoint: the chief stops within 60 s with
+    one line naming that checkpoint and exit 1 (a run that failed, not a bug's traceback and
+    70), and the checkpoint restores: a single-worker run in the same model_dir resumes from it
+    and finishes. (Restarting both workers resumes the same way; one worker takes half the time
+    on 2 cores, where TensorFlow's start and the first step's tracing dominate.)"""
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    model_dir = tmp_path / "run"
+    train_steps = 20
+    args = ["--dataset=synthetic", "--image_size=8", "--model=r18_0.25x_sk0",
+            "--global_batch_size=8", f"--train_steps={train_steps}", "--checkpoint_steps=2",
+            "--warmup_epochs=0", "--progress_bar=false", "--knn_bank_size=32",
+            "--num_eval_examples=32", "--eval_batch_size=32", f"--model_dir={model_dir}"]
+    base_env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    base_env.pop("SIMCLRV2_DEBUG", None)
+    procs, stderr_paths = [], []
+    try:
+        for index in range(2):
+            env = dict(base_env, TF_CONFIG=json.dumps(
+                {"cluster": cluster, "task": {"type": "worker", "index": index}}))
+            stderr_paths.append(tmp_path / f"worker{index}.err")
+            with open(stderr_paths[-1], "w") as err:
+                procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "simclrv2", "pretrain", *args, "--strategy=multiworker"],
+                    cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err))
+        state = model_dir / "checkpoints" / "checkpoint"
+        deadline = time.monotonic() + 300
+        while not state.exists():
+            assert all(p.poll() is None for p in procs), \
+                [p.returncode for p in procs] + [p.read_text()[-3000:] for p in stderr_paths]
+            assert time.monotonic() < deadline, "no checkpoint within 300 s"
+            time.sleep(0.1)
+        procs[1].send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        try:
+            returncode = procs[0].wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the chief still runs 60 s after worker 1 was killed")
+        waited = time.monotonic() - killed
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    stderr = stderr_paths[0].read_text()
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert returncode == 1, stderr[-4000:]
+    assert "Traceback" not in stderr, stderr[-4000:]
+    last = lines[-1]
+    assert last.startswith("simclrv2 pretrain: lost contact with another worker ("), last
+    assert "restart every worker with the same command to resume" in last, last
+    assert waited < 60
+    named = re.search(r"the last checkpoint is (\S+):", last).group(1)
+    assert named == _latest_checkpoint(model_dir / "checkpoints"), last
+    assert int(named.rsplit("-", 1)[1]) < train_steps  # killed mid-run
+    # The checkpoint restores: one worker (no TF_CONFIG) resumes from it and finishes.
+    rerun = subprocess.run([sys.executable, "-m", "simclrv2", "pretrain", *args,
+                            "--strategy=default"], cwd=ROOT, env=base_env, capture_output=True,
+                           text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    assert f"resumed from {named} (step {named.rsplit('-', 1)[1]})" in rerun.stderr
+    result = json.loads((model_dir / "result.json").read_text())
+    assert (result["status"], result["steps"]) == ("done", train_steps)
+
+
+def test_only_a_multi_worker_run_reads_a_collective_failure_as_a_lost_worker(tmp_path,
+                                                                            monkeypatch, capsys):
+    import tensorflow as tf
+    from simclrv2 import errors
+    from simclrv2.recipes import engine
+
+    reset = tf.errors.UnavailableError(None, None, (
+        "Graph execution error:\n\nDetected at node CollectiveReduceV2_101 defined at (most "
+        "recent call last):\nCollective ops is aborted by: recvmsg:Connection reset by peer\n"
+        "Additional GRPC error information from remote target /job:worker/replica:0/task:0 "
+        "while calling /tensorflow.WorkerService/RecvBuf:"))
+    unrelated = tf.errors.InternalError(None, None, "a kernel failed for its own reasons")
+
+    def fail(error):
+        with engine._peer_failures(tf.distribute.get_strategy(), tmp_path):
+            raise error
+
+    with pytest.raises(tf.errors.UnavailableError):  # one process: no peer to lose, a bug
+        fail(reset)
+    monkeypatch.setattr(engine, "num_workers", lambda strategy: 2)
+    with pytest.raises(tf.errors.InternalError):  # an InternalError that says nothing of it
+        fail(unrelated)
+    with pytest.raises(engine.LostWorkerError) as raised:
+        fail(reset)
+    assert str(raised.value) == (
+        "lost contact with another worker (recvmsg:Connection reset by peer, from "
+        "/job:worker/replica:0/task:0); no checkpoint was saved yet: restart every worker with "
+        "the same command to start again")
+
+    def main(argv):
+        fail(reset)
+
+    assert errors.run("pretrain", main, []) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("simclrv2 pretrain: lost contact"), err

@@ -44,7 +44,8 @@ def parse_args(stage: str, argv):
 
 def _main(stage, argv):
     """Runs one stage; failures are reported by simclrv2.errors: one line and exit 2 for a bad
-    recipe, option, checkpoint or dataset, one line and exit 1 for a loss that became NaN/inf."""
+    recipe, option, checkpoint or dataset, one line and exit 1 for a loss that became NaN/inf
+    or a lost worker of a multi-worker run."""
     if any(a in ("-h", "--help") for a in argv):
         keys = ", ".join(f.name for f in config_lib.dataclasses.fields(config_lib.STAGES[stage]))
         print(USAGE.format(stage=stage, recipes=", ".join(config_lib.list_recipes()), keys=keys))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -28,6 +29,11 @@ class DamagedCheckpointsError(RuntimeError):
     """No checkpoint of a model_dir reads back; the message names each one and why."""
 
 
+class LostWorkerError(RuntimeError):
+    """A multi-worker run lost contact with another worker (killed, crashed, unreachable); the
+    message names the last checkpoint, from which a restart of every worker resumes."""
+
+
 def configure_tf(config):
     """Process-wide settings that must come before any model is built."""
     if config.deterministic:
@@ -45,6 +51,12 @@ def make_strategy(config) -> tf.distribute.Strategy:
         if "TF_CONFIG" not in os.environ:
             raise ConfigError("strategy=multiworker needs TF_CONFIG (cluster and task) in the "
                               "environment of every worker")
+        # No CommunicationOptions(timeout_seconds=...): the coordination service that this
+        # strategy starts aborts every collective of every surviving worker within its heartbeat
+        # timeout (TensorFlow's default, 10 s) of a worker's death, and train_loop turns that into
+        # a LostWorkerError. A collective timeout would add nothing to that, and would abort a
+        # healthy run whose chief takes longer than it to write a checkpoint or evaluate while
+        # the others wait at their next step.
         return tf.distribute.MultiWorkerMirroredStrategy()
     # TPU: TF's documented set-up (tf.distribute.TPUStrategy guide). There is no TPU here, so this
     # path is untested in this repository.
@@ -191,6 +203,72 @@ def restore_newest_intact(ckpt, directory):
     return None, skipped
 
 
+# How a collective op fails on the survivors when a worker dies: UNAVAILABLE ("stopped sending
+# heartbeats", "Connection reset by peer", "Socket closed"), or ABORTED / DEADLINE_EXCEEDED /
+# INTERNAL for the same abort reported by another path. Only in a run of 2+ workers, and an
+# InternalError only when its message says so: elsewhere these are bugs, with their traceback.
+_PEER_LOST_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError,
+                     tf.errors.DeadlineExceededError, tf.errors.InternalError)
+_PEER_LOST_WORDS = ("collective ops is aborted", "heartbeat", "coordination service",
+                    "connection reset", "socket closed", "failed to connect", "unhealthy")
+_TASK = re.compile(r"/job:\w+/replica:\d+/task:\d+")
+
+
+def num_workers(strategy) -> int:
+    """The worker processes of a MultiWorkerMirroredStrategy run (chief included); 1 otherwise."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
+        return 1
+    jobs = resolver.cluster_spec().as_dict()
+    return sum(len(jobs.get(job, ())) for job in ("chief", "worker")) or 1
+
+
+def _peer_lost(error, strategy) -> bool:
+    if num_workers(strategy) < 2:
+        return False
+    if isinstance(error, tf.errors.InternalError):
+        text = (getattr(error, "message", None) or str(error)).lower()
+        return any(word in text for word in _PEER_LOST_WORDS)
+    return True
+
+
+def _peer_lost_reason(error) -> str:
+    """The few words of TensorFlow's message that say what happened to the other worker."""
+    text = getattr(error, "message", None) or str(error)
+    if "stopped sending heartbeats" in text:
+        tail = text.split("stopped sending heartbeats", 1)[1]
+        tasks = sorted(set(_TASK.findall(tail))) or ["a worker"]
+        return f"{', '.join(tasks)} stopped sending heartbeats"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    aborted = [line.split("aborted by:", 1)[1].strip() for line in lines if "aborted by:" in line]
+    if aborted:
+        reason = aborted[0][:200]
+    else:
+        lines = [line for line in lines if not line.startswith(("Graph execution error",
+                                                                 "Detected at node", "File "))]
+        reason = f"{type(error).__name__}: {(lines or [''])[0][:200]}"
+    remote = re.search(r"remote target (" + _TASK.pattern + ")", text)
+    return f"{reason}, from {remote.group(1)}" if remote else reason
+
+
+@contextlib.contextmanager
+def _peer_failures(strategy, model_dir):
+    """Turns a collective op's failure after another worker died into a LostWorkerError (one
+    line and exit 1 from simclrv2.errors) naming the last checkpoint; anything else passes."""
+    try:
+        yield
+    except _PEER_LOST_ERRORS as error:
+        if not _peer_lost(error, strategy):
+            raise
+        # Every worker sees the chief's checkpoints (model_dir on a shared disk).
+        where = tf.train.latest_checkpoint(str(pathlib.Path(model_dir) / "checkpoints"))
+        then = (f"the last checkpoint is {where}: restart every worker with the same command "
+                "to resume") if where else ("no checkpoint was saved yet: restart every worker "
+                                            "with the same command to start again")
+        raise LostWorkerError(f"lost contact with another worker ({_peer_lost_reason(error)}); "
+                              f"{then}") from error
+
+
 def _resume_line(prefix, skipped, step) -> str:
     line = f"resumed from {prefix} (step {step})"
     if skipped:
@@ -207,7 +285,9 @@ def train_loop(*, config, strategy, model_dir, trackables, optimizer, replica_st
     schedule position; the data restarts at batch `step`), or from the newest one before it
     that reads back when it is damaged; one line on stderr says which. Saves every
     checkpoint_steps, at the end and on SIGTERM. Returns (last metrics dict, status) with status
-    "done" or "preempted".
+    "done" or "preempted". In a multi-worker run, a step that fails because another worker died
+    raises LostWorkerError (within the coordination service's 10 s heartbeat timeout), which
+    names the last checkpoint.
     """
     model_dir = pathlib.Path(model_dir)
     chief = is_chief(strategy)
@@ -242,7 +322,7 @@ def train_loop(*, config, strategy, model_dir, trackables, optimizer, replica_st
     metrics, status = {}, "done"
     last_saved = step if latest else None
     try:
-        with _SigtermFlag() as sigterm:
+        with _SigtermFlag() as sigterm, _peer_failures(strategy, model_dir):
             while step < total_steps:
                 metrics = {k: float(v) for k, v in train_step(iterator).items()}
                 step += 1
@@ -277,5 +357,3 @@ def train_loop(*, config, strategy, model_dir, trackables, optimizer, replica_st
         if not chief:
             shutil.rmtree(directory.parent, ignore_errors=True)
     return metrics, status, step
-
-
