@@ -94,12 +94,13 @@ def validation_indices(labels, examples: int) -> np.ndarray:
     return _data().label_subset(labels, per_class=per_class, seed=VALIDATION_SEED)
 
 
-def _train_labels(name, data_dir):
-    labels = load_labeled(name, "train", data_dir).labels
+def _validation_of(train: Source, name, examples) -> np.ndarray:
+    """Positions of the validation images in `train`, the labeled training split."""
+    labels = train.labels
     if labels is None or np.any(labels < 0):
         raise ValueError(f"{name}: a validation split is carved from the labeled training "
                          f"images, and this dataset's training split has no labels")
-    return labels
+    return validation_indices(labels, examples)
 
 
 def training_source(config, labeled: bool = True) -> Source:
@@ -116,8 +117,10 @@ def training_source(config, labeled: bool = True) -> Source:
         source = load_unlabeled(config.dataset, "train", config.data_dir)
     if config.eval_split != "validation":
         return source
-    held = validation_indices(_train_labels(config.dataset, config.data_dir),
-                              config.validation_examples)
+    # The labels that place the held-out images: the source's own when it is labeled (each
+    # load of an image folder decodes every file, so it is not read twice).
+    labeled_train = source if labeled else load_labeled(config.dataset, "train", config.data_dir)
+    held = _validation_of(labeled_train, config.dataset, config.validation_examples)
     return take(source, np.setdiff1d(np.arange(len(source)), held))
 
 
@@ -127,8 +130,7 @@ def evaluation_source(config) -> Source:
     if config.eval_split == "test":
         return load_labeled(config.dataset, "test", config.data_dir)
     train = load_labeled(config.dataset, "train", config.data_dir)
-    return take(train, validation_indices(_train_labels(config.dataset, config.data_dir),
-                                          config.validation_examples))
+    return take(train, _validation_of(train, config.dataset, config.validation_examples))
 
 
 def _balanced(labels, fraction, seed):
