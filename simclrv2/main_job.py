@@ -145,6 +145,12 @@ def parse_args(argv):
             parser.error(f"--set {setting!r}: STAGE must be one of {', '.join(SETTABLE)}")
     if args.validation:
         args.no_export = True
+    if args.only:
+        # Checked here, with the other arguments, so that a wrong name writes nothing.
+        known = [name for name, _, _ in plan(argparse.Namespace(**{**vars(args), "only": None}))]
+        unknown = sorted(set(args.only.split(",")) - set(known))
+        if unknown:
+            parser.error(f"--only names unknown stages {unknown}; stages: {', '.join(known)}")
     return args
 
 
@@ -234,11 +240,7 @@ def plan(args):
         for _, _, overrides in [st for st in stages if st[0].startswith(prefix)]:
             overrides[key] = _setting_value(value)
     if args.only:
-        wanted = set(args.only.split(","))
-        unknown = wanted - {name for name, _, _ in stages}
-        if unknown:
-            raise errors.UsageError(f"--only names unknown stages {sorted(unknown)}; "
-                                    f"stages: {', '.join(name for name, _, _ in stages)}")
+        wanted = set(args.only.split(","))  # names checked by parse_args
         stages = [stage for stage in stages if stage[0] in wanted]
     return stages
 
