@@ -9,7 +9,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import pytest  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-OFFICIAL_FORMAT_DIR = REPO_ROOT.parent / "shared" / "official-format"
+OFFICIAL_FORMAT_DIR = REPO_ROOT / "tests" / "data" / "official_format"
 
 
 def pytest_addoption(parser):

@@ -8,7 +8,7 @@ graph with plain trackables and `tf.nn` ops: same structural paths, same checkpo
 computation as google-research/simclr tf2/ (post-activation ResNet v1, fixed padding,
 ResNet-D shortcut and stem with SK, SK convs, BN-after-dense projection head).
 
-The facts come from /work/shared/official-format (README.md and the *.key_map.tsv files);
+The facts come from tests/data/official_format (FORMAT.md and the *.key_map.tsv files);
 tests/test_official_writer.py checks the written keys against those files row by row.
 """
 

@@ -69,28 +69,35 @@ def test_r18_cifar_pretrained_endpoints(r18_cifar):
     cfg = model.simclr_config
     assert (cfg.depth, cfg.width, cfg.sk, cfg.cifar_stem, cfg.num_classes) == (18, 0.25, False,
                                                                               True, 10)
-    assert cfg.input_shape == (32, 32, 3)
+    assert cfg.input_shape == (None, None, 3)  # any size, like the official module
     assert report["verified"] and report["ft_proj_selector"] == 0
+    assert report["probe_shape"] == [2, 32, 32, 3]  # a CIFAR stem is probed at its own size
     assert set(report["endpoint_differences"]) == ENDPOINTS
     # The other wirings were tried and are far off, so the choice was a real test.
     assert report["selector_differences"]["1"] > 1e-2
-    _assert_same_endpoints(model, r18_cifar, 32)
+    for side in (32, 24, 48):
+        _assert_same_endpoints(model, r18_cifar, side)
 
 
 def test_r50_sk0_pretrained_endpoints(r50_sk0):
+    # A fixed size is still available.
     model, report = importer.import_saved_model(r50_sk0, input_shape=(64, 64, 3))
     cfg = model.simclr_config
     assert (cfg.depth, cfg.width, cfg.sk, cfg.cifar_stem) == (50, 0.25, False, False)
+    assert tuple(model.input_shape) == (None, 64, 64, 3)
     assert report["ft_proj_selector"] == 0
     _assert_same_endpoints(model, r50_sk0, 64)
 
 
 def test_r50_sk1_finetuned_endpoints(r50_sk1_ft):
-    model, report = importer.import_saved_model(r50_sk1_ft, input_shape=(64, 64, 3))
+    # Verified on a 64 px probe, then compared at two sizes other than the probe's and 224.
+    model, report = importer.import_saved_model(r50_sk1_ft, probe_images=_images(64, seed=5))
     cfg = model.simclr_config
     assert (cfg.depth, cfg.width, cfg.sk, cfg.num_classes) == (50, 0.25, True, 5)
+    assert cfg.input_shape == (None, None, 3)
     assert report["ft_proj_selector"] == 1 and report["selector_differences"]["0"] > 1e-2
-    _assert_same_endpoints(model, r50_sk1_ft, 64)
+    for side in (96, 72):
+        _assert_same_endpoints(model, r50_sk1_ft, side)
 
 
 def test_convert_writes_keras_and_provenance(r18_cifar, tmp_path):
@@ -103,8 +110,10 @@ def test_convert_writes_keras_and_provenance(r18_cifar, tmp_path):
     assert set(meta["source_sha256"]) >= {"saved_model.pb", "variables/variables.index"}
     assert sorted(os.listdir(tmp_path)) == ["m.json", "m.keras"]  # no temp files left
     reloaded = keras.saving.load_model(out)
-    x = _images(32, seed=3)
-    np.testing.assert_allclose(reloaded(x)["logits_sup"], model(x)["logits_sup"], atol=1e-6)
+    for side in (32, 40, 16):  # the converted file takes any size too
+        x = _images(side, seed=3)
+        np.testing.assert_allclose(reloaded(x)["logits_sup"], model(x)["logits_sup"], atol=1e-6)
+    _assert_same_endpoints(reloaded, r18_cifar, 40)
 
 
 def test_wrong_architecture_names_first_mismatching_variable(r18_cifar):
@@ -177,8 +186,13 @@ def test_load_local_weights_caches_conversion(r18_cifar, tmp_path, monkeypatch):
     assert len(calls) == 1
     second = pretrained.load(weights=r18_cifar, cache_dir=tmp_path)
     assert len(calls) == 1, "second load re-imported instead of using the cache"
+    assert [f.name for f in (tmp_path / "converted").rglob("*.keras")] == [
+        "model_pretrained_any.keras"]
+    for side in (24, 48):  # the cached model takes any size
+        x = _images(side)
+        np.testing.assert_array_equal(first(x)["logits_sup"], second(x)["logits_sup"])
+        _assert_same_endpoints(second, r18_cifar, side)
     x = _images(32)
-    np.testing.assert_array_equal(first(x)["logits_sup"], second(x)["logits_sup"])
     leftovers = [f for _, _, fs in os.walk(tmp_path) for f in fs if ".tmp-" in f]
     assert not leftovers
     # Ready for fit: the classifier view trains.

@@ -13,14 +13,12 @@ tf.config.threading.set_inter_op_parallelism_threads(1)
 from official_format_writer import write_official_saved_model  # noqa: E402
 from simclrv2.zoo import official_format  # noqa: E402
 
-FORMAT_DIR = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "official-format"
+FORMAT_DIR = pathlib.Path(__file__).resolve().parent / "data" / "official_format"
 
 
 def _tsv_rows(name):
     path = FORMAT_DIR / name
-    if not path.is_file():
-        pytest.skip(f"{path} is absent: the official key maps live in <repo>/../shared/"
-                    "official-format (see the README, 'What the importer checks')")
+    assert path.is_file(), f"{path} is missing: the official key maps belong to the repository"
     rows = []
     for line in path.read_text().splitlines():
         if not line.strip() or line.startswith("#"):
@@ -85,3 +83,12 @@ def test_refuses_non_empty_target(tmp_path):
     (tmp_path / "sm" / "x").write_text("x")
     with pytest.raises(FileExistsError, match="not empty"):
         write_official_saved_model(tmp_path / "sm", 18, 1, False, True, 10)
+
+
+def test_the_key_maps_live_in_the_repository():
+    """Every clone runs the key-map tests: no test reads the format notes from outside."""
+    assert sorted(p.name for p in FORMAT_DIR.glob("*.key_map.tsv")) == sorted(CASES)
+    spellings = ("shared" + "/official-format", '"shared" / ' + '"official-format"')
+    for source in pathlib.Path(__file__).resolve().parent.rglob("*.py"):
+        text = source.read_text()
+        assert not any(s in text for s in spellings), source

@@ -34,7 +34,8 @@ def _parser():
     p.add_argument("--formats", default="savedmodel,onnx,keras",
                    help="comma-separated subset of savedmodel,onnx,keras (default: all)")
     p.add_argument("--image-size", type=int, default=None,
-                   help="square input side of the exported model (default: the model's own)")
+                   help="square input side of the exported model (default: the model's "
+                        "own; 224 for an any-size model, 32 with a CIFAR stem)")
     p.add_argument("--temperature", type=float, default=1.0,
                    help="default distillation temperature recorded in config.json (default 1.0)")
     p.add_argument("--overwrite", action="store_true",

@@ -748,7 +748,8 @@ def export_model(model, out_dir, formats=FORMATS, image_size=None, stage=None, p
     keras_model, info = resolve_model(model, stage, image_size)
     config = keras_model.simclr_config
     if image_size is None:
-        image_size = config.input_shape[0] or 224
+        # An any-size model is exported at the size its stem was made for.
+        image_size = config.input_shape[0] or (32 if config.cifar_stem else 224)
     image_size = int(image_size)
     keras_model = _at_size(keras_model, image_size)
     config = keras_model.simclr_config

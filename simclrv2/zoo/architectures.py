@@ -12,7 +12,7 @@ OFFICIAL_PARAMS_M = {
 }
 SIMCLRV1_PARAMS_M = {"r50_1x_sk0": 24, "r50_2x_sk0": 94, "r50_4x_sk0": 375}
 
-# Exact backbone counts from the official format notes (../shared/official-format/README.md).
+# Exact backbone counts from the official format notes (tests/data/official_format/FORMAT.md).
 OFFICIAL_EXACT_BACKBONE = {
     ("r18_1x_sk0", "cifar"): 11_173_056,
     ("r50_1x_sk0", "imagenet"): 23_508_032,

@@ -173,8 +173,8 @@ def _convert_parser() -> argparse.ArgumentParser:
                         help="architecture such as r50_1x_sk1; default: read from the "
                              "SavedModel (or from the registry with --checkpoint)")
     parser.add_argument("--input-size", type=int, metavar="PX",
-                        help="square input side of the Keras model (default: 224, or 32 for "
-                             "a CIFAR-stem model)")
+                        help="a fixed square input side for the Keras model (default: any "
+                             "size; verification probes at 224 px, 32 for a CIFAR stem)")
     parser.add_argument("--cache-dir", help="cache root for --checkpoint downloads")
     parser.add_argument("--base-url", help="HTTP(S) root for --checkpoint downloads")
     return parser

@@ -74,9 +74,13 @@ class ModelConfig:
     include_projection_head: bool = True
     num_proj_layers: int = 3
     proj_out_dim: int = 128
-    ft_proj_selector: int = 1
+    # None follows the head: 1 (the paper's fine-tuning point, projection layer 1) with a
+    # projection head, 0 (the backbone output) without one.
+    ft_proj_selector: Optional[int] = None
     sync_batch_norm: bool = False
-    input_shape: Tuple[Optional[int], Optional[int], int] = (224, 224, 3)
+    # Height and width None: any image size, as the official hub modules and
+    # keras.applications accept; give numbers for a fixed-size graph.
+    input_shape: Tuple[Optional[int], Optional[int], int] = (None, None, 3)
 
     def __post_init__(self):
         object.__setattr__(self, "depth", _check_depth(self.depth))
@@ -93,6 +97,8 @@ class ModelConfig:
         if self.num_proj_layers < 1:
             raise ValueError(f"num_proj_layers must be >= 1, got {self.num_proj_layers}")
         max_selector = self.num_proj_layers if self.include_projection_head else 0
+        if self.ft_proj_selector is None:
+            object.__setattr__(self, "ft_proj_selector", min(1, max_selector))
         if not 0 <= self.ft_proj_selector <= max_selector:
             raise ValueError(
                 f"ft_proj_selector={self.ft_proj_selector} is out of range: valid 0..{max_selector} "
@@ -124,6 +130,12 @@ class ModelConfig:
         return self.group_filters[-1] * expansion
 
     def replace(self, **changes) -> "ModelConfig":
+        """A copy with `changes`; a selector the new head can't have follows the head again."""
+        if "ft_proj_selector" not in changes:
+            head = changes.get("include_projection_head", self.include_projection_head)
+            layers = changes.get("num_proj_layers", self.num_proj_layers)
+            if self.ft_proj_selector > (layers if head else 0):
+                changes["ft_proj_selector"] = None
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:

@@ -24,7 +24,7 @@ from simclrv2.atomic_files import replacing, write_text
 from simclrv2.zoo import official_format
 from simclrv2.zoo.config import DEPTHS, WIDTHS, ModelConfig, parse_name
 
-CONVERTER_VERSION = "1"
+CONVERTER_VERSION = "2"
 RTOL = 1e-4
 
 _RESNET = "model/resnet_model/"
@@ -105,7 +105,7 @@ def infer_config(arrays, input_shape=None) -> ModelConfig:
         elif include_proj:
             selector = 1
     if input_shape is None:
-        input_shape = (32, 32, 3) if cifar_stem else (224, 224, 3)
+        input_shape = (None, None, 3)  # any size, like the official module
     return ModelConfig(depth=depth, width=width, sk=sk, cifar_stem=cifar_stem,
                        num_classes=num_classes, include_projection_head=include_proj,
                        num_proj_layers=num_proj_layers, proj_out_dim=int(proj_out_dim),
@@ -233,9 +233,10 @@ def _rel_diff(ours, ref):
     return float(np.max(np.abs(ours - ref))) / scale if ref.size else 0.0
 
 
-def probe_batch(input_shape, batch=2, seed=0):
+def probe_batch(input_shape, batch=2, seed=0, default_side=224):
+    """Random images of `input_shape`; a side left open (None) gets `default_side`."""
     h, w, c = input_shape
-    h, w = h or 224, w or 224
+    h, w = h or default_side, w or default_side
     rng = np.random.default_rng(seed)
     return rng.uniform(0.0, 1.0, (batch, h, w, c)).astype(np.float32)
 
@@ -326,7 +327,8 @@ def import_saved_model(saved_model_dir, architecture=None, input_shape=None, ver
     """(model, report): the zoo model holding the SavedModel's weights, verified.
 
     architecture: a zoo name (`r50_1x_sk1`) to insist on; None infers it from the variables.
-    input_shape: of the Keras model (default 224x224x3, 32x32x3 for a CIFAR stem).
+    input_shape: of the Keras model (default (None, None, 3): any image size, as the official
+      module; verification then probes at 224 px, 32 px for a CIFAR stem).
     verify: run the original on a probe batch and compare every endpoint (needs TensorFlow).
       It also decides which hidden feeds the supervised head; without it that wiring is
       `ft_proj_selector` (default: 1 where the widths allow, as in the fine-tuned releases).
@@ -342,7 +344,8 @@ def import_saved_model(saved_model_dir, architecture=None, input_shape=None, ver
         config = config.replace(ft_proj_selector=int(ft_proj_selector))
     report = {"architecture": config.name, "verified": False, "num_variables": len(records)}
     if verify:
-        images = probe_batch(config.input_shape) if probe_images is None else np.asarray(
+        images = probe_batch(config.input_shape, default_side=32 if config.cifar_stem else 224
+                             ) if probe_images is None else np.asarray(
             probe_images, np.float32)
         reference = _run_original(saved_model_dir, images)
         selector, selector_diffs = choose_selector(arrays, reference, config)

@@ -52,17 +52,22 @@ def build(name_or_config="r50_1x_sk0", **options) -> SimCLRv2Model:
     Options are ModelConfig fields: num_classes, include_projection_head, input_shape,
     cifar_stem (None = automatic: CIFAR stem for inputs of 32 px or less), num_proj_layers,
     proj_out_dim, ft_proj_selector, sync_batch_norm, sk_ratio.
+
+    Defaults: input_shape (None, None, 3) takes images of any size (give a size for a fixed
+    graph, or for the automatic CIFAR stem at 32 px or less); ft_proj_selector follows the
+    head: 1 (fine-tune from projection layer 1, as the paper) with a projection head, 0
+    without one.
     """
     if "input_shape" in options and options["input_shape"] is not None:
         options["input_shape"] = tuple(options["input_shape"])
     return SimCLRv2Model(resolve_config(name_or_config, **options))
 
 
-def ResNet(depth=50, width=1, sk=False, cifar_stem=False, input_shape=(224, 224, 3),
+def ResNet(depth=50, width=1, sk=False, cifar_stem=False, input_shape=(None, None, 3),
            sync_batch_norm=False, name=None) -> SimCLRv2Model:
     """The backbone alone: images -> dict of initial_conv ... final_avg_pool."""
     config = ModelConfig(depth=depth, width=width, sk=sk, cifar_stem=cifar_stem,
-                         include_projection_head=False, num_classes=None, ft_proj_selector=0,
+                         include_projection_head=False, num_classes=None,
                          input_shape=tuple(input_shape), sync_batch_norm=sync_batch_norm)
     return SimCLRv2Model(config, name=name)
 

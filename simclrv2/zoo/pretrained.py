@@ -7,7 +7,7 @@
 
 The conversion (simclrv2.zoo.importer) runs the original SavedModel next to the Keras model
 and refuses to return weights that don't reproduce its outputs. The converted model is cached
-as `<name>_<stage>_<h>x<w>.keras` plus a `.json` with its provenance (URL, stage, sha256 of
+as `<name>_<stage>_<h>x<w>.keras` (`_any.keras` for the default, any size) plus a `.json` with its provenance (URL, stage, sha256 of
 the source files, converter version) under `<cache_dir>/converted/`.
 """
 
@@ -73,7 +73,8 @@ def _cached(keras_path, expect):
 
 
 def converted_path(cache_root, name, stage, input_shape, local_key=None):
-    shape = "x".join(str(s) for s in input_shape[:2]) if input_shape else "default"
+    sides = tuple(input_shape[:2]) if input_shape else (None, None)
+    shape = "any" if sides == (None, None) else "x".join(str(s or "any") for s in sides)
     sub = f"local/{local_key}" if local_key else f"{stage}"
     return os.path.join(cache_root, "converted", sub, f"{name or 'model'}_{stage}_{shape}.keras")
 
@@ -89,7 +90,8 @@ def load(name=None, stage="pretrained", weights=None, cache_dir=None, verify=Tru
     weights: a local SavedModel directory to use instead of downloading.
     cache_dir: root of the downloads and converted models (default: simclrv2.zoo.download's).
     verify: compare every endpoint against the original SavedModel while converting.
-    input_shape: of the Keras model (default 224x224x3; 32x32x3 for CIFAR stems).
+    input_shape: of the Keras model (default (None, None, 3): any image size; give e.g.
+      (224, 224, 3) for a fixed-size graph).
 
     The model outputs the dict of endpoints (logits_sup with the supervised head); for `fit`
     use simclrv2.zoo.classifier_model(model) or features_model(model).
