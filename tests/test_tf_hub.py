@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 if importlib.util.find_spec("tensorflow_hub") is None:
-    pytest.skip("tensorflow_hub is not installed (pip install 'tensorflow-hub>=0.16,<0.17' "
-                "'tf-keras>=2.21,<2.22'; see docs/tf_hub.md)", allow_module_level=True)
+    pytest.skip("tensorflow_hub is not installed (make setup installs it; by hand: pip install "
+                "--no-deps 'tf-keras>=2.21,<2.22' 'tensorflow-hub>=0.16,<0.17', see "
+                "docs/tf_hub.md)", allow_module_level=True)
 
 import keras  # noqa: E402
 
