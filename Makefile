@@ -11,10 +11,13 @@ PYTEST_ARGS ?=
 
 setup: $(STAMP) $(FMNIST)
 
+# The TF Hub test's packages (setup.cfg's `hub` extra) go in with --no-deps: tf-keras requires
+# the `tensorflow` distribution, which pip would install over tensorflow-cpu (same module).
 $(STAMP): setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install -q --upgrade pip
 	$(PYTHON) -m pip install -q -e ".[test]"
+	$(PYTHON) -m pip install -q --no-deps "tf-keras>=2.21,<2.22" "tensorflow-hub>=0.16,<0.17"
 	$(PYTHON) -m simclrv2 build-ops
 	touch $(STAMP)
 
