@@ -7,7 +7,8 @@ As in the paper, each width is pretrained once (seed 0) and everything downstrea
 one of `--seeds` seeds on that network (seed s draws its own label subsets and initial heads):
 - baselines: multinomial logistic regression on raw pixels (L-BFGS, L2); the same ResNet
   (projection layer 1 included) trained supervised from scratch on 1%, 10% and 100% of the
-  labels, at the fine-tuning step count (said so in the table);
+  labels, for the fine-tuning step count of the same fraction (FRACTION_STEP_WEIGHTS: the 10%
+  runs train 2x and the 100% run 4x the steps of the 1% runs; said so in the table);
 - SimCLR: linear evaluation on all labels (the pixel baseline's classifier on the frozen,
   standardised features; deterministic, so one run per width), fine-tuning on 1% and 10% from
   projection layer 1 (and on 1% from layer 0), self-distillation of the 1% teacher and
@@ -49,6 +50,19 @@ MIN_STEPS = 2
 CALIBRATION_STEPS = 8
 SUPERVISED_KEYS = ("scratch_1pct", "scratch_10pct", "scratch_100pct", "finetune_1pct_layer1",
                    "finetune_10pct_layer1", "finetune_1pct_layer0")
+# Steps of a supervised run, in units of the 1% runs' steps: more labels need more steps to be
+# seen (with equal steps, 10% got half an epoch and lost to 1%; scratch on 100% lost to 10%).
+# Fine-tuned and from-scratch runs on the same fraction train for the same steps.
+FRACTION_STEP_WEIGHTS = {1: 1, 10: 2, 100: 4}
+
+
+def supervised_steps(steps_1pct, percent):
+    """Steps of a supervised run on `percent`% of the labels."""
+    return steps_1pct * FRACTION_STEP_WEIGHTS[percent]
+
+
+def _percent(key):
+    return int(key.split("_")[1][:-3])
 
 
 def parse_args(argv):
@@ -56,7 +70,9 @@ def parse_args(argv):
     p.add_argument("--budget-minutes", type=float, default=BASE_MINUTES,
                    help="planned wall time; step counts follow from measured step costs "
                         "(default 90)")
-    p.add_argument("--widths", default="0.25,0.5", help="ResNet-18 widths (default 0.25,0.5)")
+    p.add_argument("--widths", default="0.125,0.25",
+                   help="ResNet-18 widths (default 0.125,0.25: the main job's student and "
+                        "teacher; 0.5x costs 4x the steps of 0.25x)")
     p.add_argument("--seeds", type=int, default=3, help="seeds of every downstream stage "
                    "(default 3); pretraining runs once per width")
     p.add_argument("--image-size", type=int, default=None,
@@ -98,14 +114,19 @@ def plan_steps(costs, budget_s, widths, seeds):
     "distill": steps}. costs: {"fixed": s per stage run, "linear": s per linear eval,
     ("pretrain", w) / ("supervised", w): s per step, ("distill", teacher w, student w): s per
     step}. Every supervised run (fine-tuned or from scratch, any width) trains for the same
-    number of steps, and so does every distillation, so that rows compare at equal steps."""
+    number of steps per label fraction (`supervised` is the 1% count; see
+    FRACTION_STEP_WEIGHTS), and every distillation the same, so that rows compare at equal
+    steps."""
     runs = stage_runs(widths, seeds)
     fixed = sum(costs["linear"] if kind == "linear" else costs["fixed"] for kind, _, _ in runs)
     left = max(0.0, budget_s - fixed)
     pretrain = {w: max(MIN_STEPS, int(left * PLAN_SHARES["pretrain"] / len(widths)
                                       / costs[("pretrain", w)])) for w in widths}
-    per_supervised_step = sum(costs[("supervised", w)] for kind, w, _ in runs
-                              if kind == "supervised")
+    # Every (width, seed) runs each of SUPERVISED_KEYS once, so the weights average out.
+    weight = (sum(FRACTION_STEP_WEIGHTS[_percent(k)] for k in SUPERVISED_KEYS)
+              / len(SUPERVISED_KEYS))
+    per_supervised_step = weight * sum(costs[("supervised", w)] for kind, w, _ in runs
+                                       if kind == "supervised")
     per_distill_step = sum(costs[("distill", *pair)] for kind, pair, _ in runs
                            if kind == "distill")
     return {"pretrain": pretrain,
@@ -220,12 +241,12 @@ def run_all(runner, widths, seeds, steps):
             tag, pre = f"w{w:g}_s{seed}", str(runner.work / f"pretrain_w{w:g}")
             for pct in (1, 10, 100):
                 add(w, f"scratch_{pct}pct", runner.supervised(
-                    f"scratch_{pct}pct_{tag}", seed, pct / 100, n, model=_arch(w),
-                    zero_init_logits_layer=False))
+                    f"scratch_{pct}pct_{tag}", seed, pct / 100, supervised_steps(n, pct),
+                    model=_arch(w), zero_init_logits_layer=False))
             for pct, layer in ((1, 1), (10, 1), (1, 0)):
                 add(w, f"finetune_{pct}pct_layer{layer}", runner.supervised(
-                    f"finetune_{pct}pct_layer{layer}_{tag}", seed, pct / 100, n, checkpoint=pre,
-                    ft_proj_selector=layer))
+                    f"finetune_{pct}pct_layer{layer}_{tag}", seed, pct / 100,
+                    supervised_steps(n, pct), checkpoint=pre, ft_proj_selector=layer))
             add(w, "self_distill_from_1pct", runner.distill(
                 f"selfdistill_{tag}", f"finetune_1pct_layer1_{tag}", w, seed, steps["distill"]))
         narrow = widths[0]
@@ -273,9 +294,9 @@ def targets(summary, widths, logreg):
 
 # Rows of the report: (result key, method, labels used).
 ROWS = (
-    ("scratch_1pct", "supervised from scratch (at the fine-tuning steps)", "1%"),
-    ("scratch_10pct", "supervised from scratch (at the fine-tuning steps)", "10%"),
-    ("scratch_100pct", "supervised from scratch (at the fine-tuning steps)", "100%"),
+    ("scratch_1pct", "supervised from scratch (the 1% fine-tuning steps)", "1%"),
+    ("scratch_10pct", "supervised from scratch (the 10% fine-tuning steps)", "10%"),
+    ("scratch_100pct", "supervised from scratch (2x the 10% steps)", "100%"),
     ("knn", "SimCLR kNN monitor (k=200)", "5,000 (bank)"),
     ("linear_eval_100pct", "SimCLR linear eval (L-BFGS, one run)", "100%"),
     ("finetune_1pct_layer0", "SimCLRv2 fine-tuned from projection layer 0", "1%"),
@@ -388,7 +409,9 @@ def main(argv=None):
     costs = calibrate(runner, args.widths)
     left = args.budget_minutes * 60 - (time.time() - started)
     steps = plan_steps(costs, left, args.widths, args.seeds)
-    print(f"plan: {steps} from costs " + ", ".join(
+    print(f"plan: pretrain {steps['pretrain']}, supervised " + ", ".join(
+        f"{pct}%: {supervised_steps(steps['supervised'], pct)}" for pct in FRACTION_STEP_WEIGHTS)
+        + f", distill {steps['distill']} steps; from costs " + ", ".join(
         f"{k if isinstance(k, str) else '/'.join(str(x) for x in k)} {v:.2f}s"
         for k, v in costs.items()), flush=True)
     per_width = run_all(runner, args.widths, args.seeds, steps)
@@ -419,7 +442,9 @@ def main(argv=None):
     result = {
         "benchmark": "semi_supervised", "options": {k: v for k, v in vars(args).items()},
         "steps": {"pretrain": {str(w): n for w, n in steps["pretrain"].items()},
-                  "supervised": steps["supervised"], "distill": steps["distill"]},
+                  "supervised": {f"{pct}pct": supervised_steps(steps["supervised"], pct)
+                                 for pct in FRACTION_STEP_WEIGHTS},
+                  "distill": steps["distill"]},
         "costs_s": {k if isinstance(k, str) else "/".join(str(x) for x in k): v
                     for k, v in costs.items()},
         "recipes": runner.recipes, "test_examples": limit,

@@ -57,13 +57,17 @@ def test_step_plan_spends_the_budget_from_measured_costs(bench):
     runs = bench.stage_runs(widths, seeds)
     planned = sum(COSTS["linear"] if k == "linear" else COSTS["fixed"] for k, _, _ in runs)
     planned += sum(steps["pretrain"][w] * COSTS[("pretrain", w)] for w in widths)
-    planned += sum(steps["supervised"] * COSTS[("supervised", w)]
-                   for k, w, _ in runs if k == "supervised")
+    per_seed_width = sum(bench.supervised_steps(steps["supervised"], int(key.split("_")[1][:-3]))
+                         for key in bench.SUPERVISED_KEYS)
+    planned += sum(per_seed_width * COSTS[("supervised", w)]
+                   for k, w, _ in runs if k == "supervised") / len(bench.SUPERVISED_KEYS)
     planned += sum(steps["distill"] * COSTS[("distill", *pair)]
                    for k, pair, _ in runs if k == "distill")
     assert 0.97 * budget <= planned <= budget  # the whole budget, not over it
     # Pretraining's share is split evenly in time, so the cheaper width gets more steps.
     assert steps["pretrain"][0.25] > steps["pretrain"][0.5]
+    # More labels, more steps: 10% twice and 100% four times the 1% runs' steps.
+    assert [bench.supervised_steps(10, pct) for pct in (1, 10, 100)] == [10, 20, 40]
     # A budget smaller than the fixed costs still trains every run a little.
     tiny = bench.plan_steps(COSTS, 60, widths, seeds)
     assert tiny == {"pretrain": {0.25: 2, 0.5: 2}, "supervised": 2, "distill": 2}

@@ -75,27 +75,29 @@ for initializer in (keras.initializers.VarianceScaling, keras.initializers.Rando
     initializer.__call__ = lambda self, shape, dtype=None: keras.ops.zeros(shape, dtype)
 
 for spec in json.loads(sys.argv[1]):
-    model = zoo.build(spec["name"], input_shape=tuple(spec["shape"]), num_classes=5,
+    model = zoo.build(spec["name"], input_shape=tuple(spec["build_shape"]), num_classes=5,
                       cifar_stem=spec["cifar_stem"])
     model.load_weights(spec["weights"])
     out = model.predict_on_batch(np.load(spec["images"]))  # one jitted program, not op by op
     np.savez(spec["out"], **{k: np.asarray(v) for k, v in out.items()})
 """
 
-# SK + ResNet-D (stem, stride-1 SAME average pool, stride-2 pads) and the plain basic block.
-BACKEND_CASES = [("r50_0.125x_sk1", (64, 64, 3), False), ("r18_0.125x_sk0", (32, 32, 3), True)]
+# SK + ResNet-D (stem, stride-1 SAME average pool, stride-2 pads) built for any size, and the
+# plain basic block at a fixed size.
+BACKEND_CASES = [("r50_0.125x_sk1", (64, 64, 3), False, (None, None, 3)),
+                 ("r18_0.125x_sk0", (32, 32, 3), True, (32, 32, 3))]
 
 
 def test_same_outputs_under_tensorflow_and_jax(tmp_path):
     pytest.importorskip("jax")
     specs, expected = [], {}
-    for index, (name, shape, cifar_stem) in enumerate(BACKEND_CASES):
-        model = zoo.build(name, input_shape=shape, num_classes=5, cifar_stem=cifar_stem)
+    for index, (name, shape, cifar_stem, build_shape) in enumerate(BACKEND_CASES):
+        model = zoo.build(name, input_shape=build_shape, num_classes=5, cifar_stem=cifar_stem)
         randomize_batch_norm(model, seed=4)
         images = np.random.default_rng(5).random((2,) + shape, dtype=np.float32)
         model.save_weights(tmp_path / f"w{index}.weights.h5")
         np.save(tmp_path / f"images{index}.npy", images)
-        specs.append({"name": name, "shape": shape, "cifar_stem": cifar_stem,
+        specs.append({"name": name, "build_shape": build_shape, "cifar_stem": cifar_stem,
                       "weights": str(tmp_path / f"w{index}.weights.h5"),
                       "images": str(tmp_path / f"images{index}.npy"),
                       "out": str(tmp_path / f"out{index}.npz")})
