@@ -20,7 +20,7 @@ def _tsv_rows(name):
     path = FORMAT_DIR / name
     if not path.is_file():
         pytest.skip(f"{path} is absent: the official key maps live in <repo>/../shared/"
-                    "official-format (see the README, 'What the importer checks')")
+                    "official-format (see docs/development.md, 'Tests')")
     rows = []
     for line in path.read_text().splitlines():
         if not line.strip() or line.startswith("#"):
