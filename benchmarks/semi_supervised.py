@@ -17,7 +17,8 @@ one of `--seeds` seeds on that network (seed s draws its own label subsets and i
 Each target of the brief is printed as met or missed; everything goes to
 benchmarks/results/semi_supervised-<time>.json with the machine, versions, step plan and wall
 time, with a plot of top-1 against the label fraction beside it (`.png`). `--report RESULT.json`
-redraws the plot of a finished run and prints its table as Markdown (the README's table).
+redraws the plot of a finished run and prints its table as Markdown (the table of
+docs/benchmarks.md).
 
 Budget: the step counts are planned from step costs measured at the start of the run (a few
 steps of each kind of stage run at each width, which also measures the fixed cost of a stage

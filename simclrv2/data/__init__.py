@@ -1,6 +1,6 @@
 """Datasets, SimCLR augmentations and the tf.data pipelines of the three stages.
 
-See docs/CONTRACTS.md (## simclrv2.data) and the README, "Data".
+See docs/CONTRACTS.md (## simclrv2.data) and docs/data.md.
 """
 
 from simclrv2.data.augment import AugmentConfig

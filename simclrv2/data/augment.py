@@ -10,7 +10,7 @@ finished float view (`fused_view`, `kernels/augment_view.cc`), else the TF ops b
 the uint8 source, mirrored while still uint8 and small, resized bilinearly (`crop_resize_view`),
 then `color_image`. Both give the same views to float rounding (tests/test_data_fused_view.py).
 
-Differences from the official `data_util.py` (documented in the README, "Data"):
+Differences from the official `data_util.py` (documented in docs/data.md, "Augmentations"):
 - crops are resized bilinearly (`ResizeBilinear`, half-pixel centres; upstream: bicubic `tf.image.resize`);
 - the crop box is drawn like torchvision's RandomResizedCrop (area uniform, log-uniform aspect,
   `crop_attempts` tries, then a centre crop), not by `sample_distorted_bounding_box`;

@@ -2,7 +2,7 @@
 
 A SimCLR view as TF ops is a dozen kernels (crop, mirror, resize, four jitter steps behind
 `switch_case`s, two of them HSV round trips, grayscale, blur, clip); as one op, crop to output,
-it runs in a fraction of the time (README, "Input speed"). The op is compiled once with the
+it runs in a fraction of the time (docs/data.md, "Input speed"). The op is compiled once with the
 system C++ compiler against the installed TensorFlow and cached under `$SIMCLRV2_CACHE/kernels`
 (default `~/.cache/simclrv2/kernels`), in a file named by a hash of the source, the TensorFlow
 version and the flags, written to a temporary name and renamed. `make setup` builds it;

@@ -3,7 +3,7 @@
     from simclrv2.export import export_model
     report = export_model(model_or_path, "exports/my_model")
 
-See the README, "Export". TensorFlow is imported only when an export runs.
+See docs/export.md. TensorFlow is imported only when an export runs.
 """
 
 from simclrv2.export.exporter import (FORMATS, RTOL, ExportError, VerificationError,

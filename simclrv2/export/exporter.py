@@ -5,7 +5,7 @@
 
 Everything is written into a temporary sibling of `out_dir`, reloaded from there and compared
 with the Keras model on a probe batch; only when every SavedModel signature, every ONNX output
-and the reloaded .keras agree is the directory renamed into place. See the README, "Export".
+and the reloaded .keras agree is the directory renamed into place. See docs/export.md.
 
 What is replaced and what is cleaned up is narrow on purpose: `overwrite` replaces only an
 earlier export (config.json with `"format": "simclrv2-export"`, nothing but export files), and

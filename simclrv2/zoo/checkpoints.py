@@ -15,7 +15,8 @@ Sources (reference facts only):
   ResNet-50 (1x) students are the models of the paper's abstract (73.9% with 1% of labels,
   77.5% with 10%); the self-distilled r152_3x_sk1 is confirmed by the authors in
   google-research/simclr issue #130. The ResNet-50 (2x+SK) students follow Table 3 of the
-  paper. Their folder names could not be listed from here; see the README, "Pretrained models".
+  paper. Their folder names could not be listed from here; see docs/pretrained_models.md,
+  "Known gaps".
 """
 
 from __future__ import annotations
