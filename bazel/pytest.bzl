@@ -20,3 +20,12 @@ def pytest_test(name, srcs = None, deps = [], data = [], args = [], **kwargs):
         srcs_version = "PY3",
         **kwargs
     )
+
+def check_every_test_file_has_a_target():
+    """Fails the loading of the package when a test_*.py file there has no pytest_test: a new
+    test file runs under `make test` from the start, and has to under Bazel too."""
+    targets = native.existing_rules()
+    missing = [f for f in native.glob(["test_*.py"]) if f[:-len(".py")] not in targets]
+    if missing:
+        fail("no pytest_test for %s: add one to %s/BUILD per file (bazel/pytest.bzl)" %
+             (", ".join(missing), native.package_name()))
