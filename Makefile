@@ -1,13 +1,17 @@
 # `make test` and `make run` do all set-up on a fresh machine: a virtualenv in .venv with the
 # package and its test extras, the fused augmentation op (compiled with g++; without one the TF
 # ops are used), and Debian's dataset-fashion-mnist (the embedded default data).
+# `make bazel-test` runs the same suite under Bazel 4.2.3 (Debian's bazel-bootstrap), offline:
+# docs/bazel.md.
 VENV    ?= .venv
 PYTHON  := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 FMNIST  := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 PYTEST_ARGS ?=
+BAZEL   ?= /usr/bin/bazel
+BAZEL_ARGS ?=
 
-.PHONY: setup test test-all run bench clean
+.PHONY: setup test test-all run bench clean bazel-test
 
 setup: $(STAMP) $(FMNIST)
 
@@ -28,6 +32,13 @@ $(FMNIST):
 	  echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist' (Debian package)"; exit 1; \
 	fi
 
+$(BAZEL):
+	@if [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -q bazel-bootstrap || (apt-get update -q && apt-get install -y -q bazel-bootstrap)) ; \
+	else \
+	  echo "Bazel is missing: run 'sudo apt-get install bazel-bootstrap' (Debian package, Bazel 4.2.3)"; exit 1; \
+	fi
+
 test: setup
 	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
 
@@ -37,8 +48,15 @@ test-all: setup
 run: setup
 	$(PYTHON) -m simclrv2 run
 
+# The suite under Bazel: the interpreter is this virtualenv's (written into .bazelrc.python, read
+# by //bazel:python_venv.bzl); the closing line counts test targets from Bazel's summary.
+bazel-test: setup $(BAZEL)
+	$(PYTHON) -m simclrv2 build-ops
+	echo "build --repo_env=SIMCLRV2_PYTHON=$(abspath $(PYTHON))" > .bazelrc.python
+	{ $(BAZEL) test //... $(BAZEL_ARGS); echo "bazel exit status $$?"; } 2>&1 | awk -f bazel/test_summary.awk
+
 bench: setup
 	for b in benchmarks/*.py; do $(PYTHON) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache .bazelrc.python
