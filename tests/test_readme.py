@@ -20,10 +20,7 @@ LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"
 HEADING = re.compile(r"^#{1,6}\s+(.*?)\s*#*\s*$", re.M)
 
 DOC_PAGES = ("pretrained_models.md", "data.md", "training.md", "export.md", "benchmarks.md",
-             "development.md", "main_job.md", "CONTRACTS.md")
-# Written on other branches at the same time as these pages: a link to one of them is accepted
-# while the page is absent, and checked like any other once it exists.
-PARALLEL_PAGES = ("tf_hub.md", "bazel.md")
+             "development.md", "main_job.md", "CONTRACTS.md", "tf_hub.md", "bazel.md")
 README_MAX_LINES = 220
 
 
@@ -100,7 +97,8 @@ def test_readme_is_a_front_page():
     assert lines <= README_MAX_LINES, f"README.md has {lines} lines; move details into docs/"
     linked = {path for path, _ in relative_links("README.md")}
     present = {p.name for p in (REPO_ROOT / "docs").glob("*.md")}
-    for name in sorted(set(DOC_PAGES) | set(PARALLEL_PAGES) | present):
+    assert present >= set(DOC_PAGES)
+    for name in sorted(set(DOC_PAGES) | present):
         assert f"docs/{name}" in linked, f"README.md does not link docs/{name}"
 
 
@@ -111,8 +109,6 @@ def test_relative_links_lead_somewhere(page):
     for path, anchor in relative_links(page):
         target = (base / path).resolve() if path else REPO_ROOT / page
         if not target.exists():
-            if target.parent == REPO_ROOT / "docs" and target.name in PARALLEL_PAGES:
-                continue
             broken.append(f"{path}: no such file")
         elif anchor and target.suffix == ".md" and anchor not in anchors(target):
             broken.append(f"{path}#{anchor}: no such heading in {target.name}")
