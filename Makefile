@@ -49,11 +49,14 @@ run: setup
 	$(PYTHON) -m simclrv2 run
 
 # The suite under Bazel: the interpreter is this virtualenv's (written into .bazelrc.python, read
-# by //bazel:python_venv.bzl); the closing line counts test targets from Bazel's summary.
+# by //bazel:python_venv.bzl); the closing line counts the test targets of Bazel's summary
+# (kept in build/bazel-test.log), and make exits with Bazel's status.
 bazel-test: setup $(BAZEL)
 	$(PYTHON) -m simclrv2 build-ops
 	echo "build --repo_env=SIMCLRV2_PYTHON=$(abspath $(PYTHON))" > .bazelrc.python
-	{ $(BAZEL) test //... $(BAZEL_ARGS); echo "bazel exit status $$?"; } 2>&1 | awk -f bazel/test_summary.awk
+	@mkdir -p build && rm -f build/bazel-test.status
+	{ $(BAZEL) test //... $(BAZEL_ARGS); echo $$? > build/bazel-test.status; } 2>&1 | tee build/bazel-test.log
+	@awk -f bazel/test_summary.awk build/bazel-test.log; exit $$(cat build/bazel-test.status || echo 1)
 
 bench: setup
 	for b in benchmarks/*.py; do $(PYTHON) $$b || exit 1; done
