@@ -7,8 +7,9 @@
 
 The conversion (simclrv2.zoo.importer) runs the original SavedModel next to the Keras model
 and refuses to return weights that don't reproduce its outputs. The converted model is cached
-as `<name>_<stage>_<h>x<w>.keras` (`_any.keras` for the default, any size) plus a `.json` with its provenance (URL, stage, sha256 of
-the source files, converter version) under `<cache_dir>/converted/`.
+as `<name>_<stage>_<h>x<w>.keras` (`_any.keras` for the default, any size) plus a `.json` with
+its provenance (URL, stage, sha256 of the source files, converter version) under
+`<cache_dir>/converted/`.
 """
 
 from __future__ import annotations
