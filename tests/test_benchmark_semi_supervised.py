@@ -57,7 +57,7 @@ def test_step_plan_spends_the_budget_from_measured_costs(bench):
     runs = bench.stage_runs(widths, seeds)
     planned = sum(COSTS["linear"] if k == "linear" else COSTS["fixed"] for k, _, _ in runs)
     planned += sum(steps["pretrain"][w] * COSTS[("pretrain", w)] for w in widths)
-    per_seed_width = sum(bench.supervised_steps(steps["supervised"], int(key.split("_")[1][:-3]))
+    per_seed_width = sum(bench.supervised_steps(steps["supervised"], bench._percent(key))
                          for key in bench.SUPERVISED_KEYS)
     planned += sum(per_seed_width * COSTS[("supervised", w)]
                    for k, w, _ in runs if k == "supervised") / len(bench.SUPERVISED_KEYS)
