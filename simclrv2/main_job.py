@@ -385,6 +385,8 @@ def collect(run, stages, args):
                    labels_used=(f"{labels} ({fraction * 100:g}%)" if labels
                                 else _labels_used(fraction)),
                    top1=_top1_of(result), wall_s=walls.get(name))
+        if result.get("precision"):  # the trained stages: which dtype policy they ran in
+            row["precision"] = result["precision"]["policy"]
         if kind == "pixels":
             row.update(method="baseline: logistic regression on raw pixels")
             if labels and overrides.get("max_train_examples"):
@@ -406,6 +408,16 @@ def collect(run, stages, args):
             row.update(method=f"baseline: student {args.student_width:g}x on the 10% labels")
         rows.append(row)
     return rows
+
+
+def training_precision(stages):
+    """The pretraining stage's precision record (requested, policy, reason), else the first
+    trained stage's; None when no stage has one."""
+    for name, kind, overrides in sorted(stages, key=lambda st: st[1] != "pretrain"):
+        result = _read_json(pathlib.Path(overrides["model_dir"]) / "result.json") or {}
+        if result.get("precision"):
+            return result["precision"]
+    return None
 
 
 def aims(rows):
@@ -565,7 +577,12 @@ def main(argv=None):
         export_summary.update(out_dir=str(run / "export"), formats=export_report.get("formats"),
                               max_relative_difference=verification.get("max_relative_difference"),
                               tolerance=verification.get("tolerance"))
+    precision = training_precision(stages)
+    if precision:
+        print(f"training precision: {precision['policy']} ({precision['requested']}: "
+              f"{precision['reason']})")
     results = {"rows": rows, "options": job["options"], "stage_wall_s": job["stage_wall_s"],
+               "training_precision": precision,
                "total_stage_wall_s": round(sum(job["stage_wall_s"].values()), 1),
                "this_invocation_wall_s": round(time.time() - started, 1),
                "eval_split": "validation" if args.validation else "test",

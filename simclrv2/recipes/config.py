@@ -14,10 +14,11 @@ import pathlib
 import typing
 from typing import Optional
 
+from simclrv2.precision import PRECISIONS  # "auto", "float32", "mixed_bfloat16", "mixed_float16"
+
 RECIPE_DIR = pathlib.Path(__file__).parent / "recipes"
 
 STRATEGIES = ("default", "mirrored", "multiworker", "tpu")
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 OPTIMIZERS = ("lars", "momentum", "adamw")
 SCALINGS = ("linear", "sqrt", "none")
 EVAL_SPLITS = ("test", "validation")
@@ -50,7 +51,9 @@ class RunConfig:
     strategy: str = "default"
     tpu: str = ""  # TPU address for strategy=tpu ("" = the local TPU / TPU_NAME)
     global_bn: bool = True
-    mixed_precision: str = "float32"
+    # "auto": mixed_bfloat16 where the CPU computes bfloat16 natively, else float32
+    # (simclrv2/precision.py); or float32, mixed_bfloat16, mixed_float16.
+    mixed_precision: str = "auto"
     checkpoint_steps: int = 500
     keep_checkpoints: int = 5
     log_steps: int = 50

@@ -18,6 +18,7 @@ import keras
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
+from simclrv2 import precision as precision_lib
 from simclrv2.recipes.config import ConfigError
 
 
@@ -34,12 +35,22 @@ class LostWorkerError(RuntimeError):
     message names the last checkpoint, from which a restart of every worker resumes."""
 
 
-def configure_tf(config):
-    """Process-wide settings that must come before any model is built."""
+def precision_of(config) -> precision_lib.Precision:
+    """The dtype policy this run trains in (config.mixed_precision, with `auto` resolved)."""
+    gpus = 0 if config.strategy == "tpu" else len(tf.config.list_physical_devices("GPU"))
+    return precision_lib.resolve(config.mixed_precision, strategy=config.strategy, gpus=gpus)
+
+
+def configure_tf(config) -> precision_lib.Precision:
+    """Process-wide settings that must come before any model is built; says which precision the
+    run trains in (on stderr, the run's log) and returns it."""
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
-    keras.mixed_precision.set_global_policy(config.mixed_precision)
+    chosen = precision_of(config)
+    keras.mixed_precision.set_global_policy(chosen.policy)
+    print(chosen.describe(), file=sys.stderr, flush=True)
+    return chosen
 
 
 def make_strategy(config) -> tf.distribute.Strategy:
@@ -333,7 +344,8 @@ def train_loop(*, config, strategy, model_dir, trackables, optimizer, replica_st
                         f"loss is {metrics['loss']} at step {step}: training stopped without "
                         f"saving. The last good checkpoint is kept ({where}). Lower learning_rate "
                         f"(now {config.learning_rate}) or raise warmup_epochs, or try "
-                        f"mixed_precision=float32, then run again in the same model_dir to resume.")
+                        f"mixed_precision=float32 (now {config.mixed_precision}), then run again "
+                        f"in the same model_dir to resume.")
                 metrics["lr"] = float(optimizer.learning_rate)
                 if bar is not None:
                     bar.update(1)

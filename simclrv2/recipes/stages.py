@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from simclrv2 import precision as precision_lib
 from simclrv2.recipes import data_io, engine, objectives, optim
 from simclrv2.atomic_files import write_json
 from simclrv2.recipes.config import ConfigError, to_dict
@@ -64,7 +65,7 @@ def _schedule(config, num_examples):
 def _optimizer(config, schedule, variables):
     opt = optim.build_optimizer(config.optimizer, schedule, config.weight_decay, config.momentum)
     optim.exclude_variables(opt, variables)
-    if config.mixed_precision == "mixed_float16":
+    if engine.precision_of(config).policy == "mixed_float16":
         opt = keras.optimizers.LossScaleOptimizer(opt)
     # Built now so a checkpoint restores the slots at once instead of on the first step.
     opt.build(variables)
@@ -143,8 +144,9 @@ def _eval_split(config):
     return source, data_io.eval_dataset(source, config.eval_batch_size, config.image_size)
 
 
-def _finish(model_dir, stage, result, model, chief, started):
+def _finish(config, model_dir, stage, result, model, chief, started):
     result["wall_time_s"] = round(time.time() - started, 3)
+    result["precision"] = engine.precision_of(config).to_dict()
     result["model_dir"] = str(model_dir)
     result["stage"] = stage
     if model is not None and chief and result.get("status") == "done":
@@ -461,7 +463,7 @@ def pretrain(config) -> dict:
         result.update(scores)
         result[config.top1_key] = scores.get("linear_top1")
         result["eval_split"] = config.eval_split
-    return _finish(model_dir, "pretrain", result, model, chief, started)
+    return _finish(config, model_dir, "pretrain", result, model, chief, started)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -509,7 +511,7 @@ def _supervised_run(config, stage, model, strategy, model_dir, train, num_classe
     if status == "done":
         result[config.top1_key] = _eval_top1(config, model, model_dir, step, chief)
         result["eval_split"] = config.eval_split
-    return _finish(model_dir, stage, result, model, chief, started)
+    return _finish(config, model_dir, stage, result, model, chief, started)
 
 
 def finetune(config) -> dict:
@@ -585,7 +587,7 @@ def linear_eval(config) -> dict:
               "feature": config.feature, "feature_standardized": True,
               "num_labeled": len(labels)}
     log.write(steps, {config.top1_key: result[config.top1_key]}, "eval")
-    return _finish(model_dir, "lineareval", result, None, True, started)
+    return _finish(config, model_dir, "lineareval", result, None, True, started)
 
 
 def _linear_sgd(config, features, labels, test_features, num_classes, log):
@@ -661,7 +663,10 @@ def distill(config) -> dict:
                                     _subset_file(config, model_dir))] = True
         train = data_io.relabel(train, np.where(keep, train.labels, -1))
     with strategy.scope():
-        teacher = load_network(config.teacher, config.image_size)
+        # The teacher computes in float32 under any training precision: its soft labels are
+        # the targets, and bfloat16 would round them to 8 bits of mantissa.
+        with precision_lib.float32_policy():
+            teacher = load_network(config.teacher, config.image_size)
         teacher_logits = _teacher_fn(teacher)
         if not num_classes:
             num_classes = _num_classes(teacher)  # unlabeled folders have no count
@@ -705,7 +710,7 @@ def distill(config) -> dict:
     if status == "done":
         result[config.top1_key] = _eval_top1(config, student, model_dir, step, chief)
         result["eval_split"] = config.eval_split
-    return _finish(model_dir, "distill", result, student, chief, started)
+    return _finish(config, model_dir, "distill", result, student, chief, started)
 
 
 STAGE_FUNCTIONS = {"pretrain": pretrain, "finetune": finetune, "lineareval": linear_eval,
