@@ -9,8 +9,10 @@ EPILOG = """examples:
   simclrv2 export --model runs/fmnist_finetune --out exports/fmnist
   simclrv2 export --model r50_1x_sk1 --stage finetuned_10pct --out exports/r50 --formats savedmodel,onnx
   simclrv2 export --model path/to/official/saved_model --out exports/official --image-size 224
+  simclrv2 export --model runs/fmnist/distill --out exports/student --quantize int8 --calibration fashion_mnist
 
-Exit status: 0 exported, 1 an artifact did not match the Keras model (nothing written),
+Exit status: 0 exported, 1 an artifact did not match the Keras model or the int8 model lost
+more top-1 than --max-int8-drop (nothing written),
 2 bad input (one line saying what to fix; --debug shows the traceback), 70 a bug (traceback)."""
 
 
@@ -38,6 +40,24 @@ def _parser():
                         "own; 224 for an any-size model, 32 with a CIFAR stem)")
     p.add_argument("--temperature", type=float, default=1.0,
                    help="default distillation temperature recorded in config.json (default 1.0)")
+    p.add_argument("--quantize", choices=["int8"], default=None,
+                   help="also write model.int8.onnx: onnxruntime's static int8 (QDQ) "
+                        "quantization of model.onnx, checked by its top-1 (needs --calibration)")
+    p.add_argument("--calibration", default=None, metavar="DATASET_OR_FOLDER",
+                   help="images to calibrate the int8 model on and check it with: a dataset "
+                        "name (fashion_mnist, a tfds name) or an image folder; calibration "
+                        "images come from its training split, check images from its test split "
+                        "(else from other training images)")
+    p.add_argument("--calibration-examples", type=int, default=300,
+                   help="images to calibrate on (default 300)")
+    p.add_argument("--check-examples", type=int, default=1000,
+                   help="other images to check the int8 model on (default 1000)")
+    p.add_argument("--max-int8-drop", type=float, default=1.0,
+                   help="refuse the int8 model when its top-1 drops more than this many points "
+                        "(without labels: when it disagrees with the float model on more than "
+                        "this percentage of the images); default 1.0")
+    p.add_argument("--data-dir", default=None,
+                   help="where --calibration's dataset lives, as for the recipes")
     p.add_argument("--overwrite", action="store_true",
                    help="replace --out if it is an earlier export (its config.json says "
                         "\"format\": \"simclrv2-export\" and it holds nothing else); any "
@@ -56,7 +76,11 @@ def export_main(argv=None) -> int:
     try:
         report = export_model(args.model, args.out, formats=args.formats,
                               image_size=args.image_size, stage=args.stage,
-                              overwrite=args.overwrite, temperature=args.temperature)
+                              overwrite=args.overwrite, temperature=args.temperature,
+                              quantize=args.quantize, calibration=args.calibration,
+                              calibration_examples=args.calibration_examples,
+                              check_examples=args.check_examples,
+                              max_int8_drop=args.max_int8_drop, data_dir=args.data_dir)
     except VerificationError as e:
         print(f"simclrv2 export: verification failed: {e}", file=sys.stderr)
         return 1
@@ -71,6 +95,14 @@ def export_main(argv=None) -> int:
         print(f"  removed {path}: left by an interrupted export")
     print(f"  verified: max relative difference {ver['max_relative_difference']:.2g} "
           f"(tolerance {ver['tolerance']:g}); {report['export_wall_s']:.1f} s")
+    q = report.get("int8")
+    if q:
+        figures = (f"top-1 {100 * q['float_top1']:.2f}% float, {100 * q['int8_top1']:.2f}% int8 "
+                   f"(drop {q['top1_drop_points']:.2f} points)" if "int8_top1" in q else
+                   f"disagreement {q['disagreement_points']:.2f}% (no labels)")
+        print(f"  int8: {q['file']}, agrees with the float model on "
+              f"{100 * q['agreement_with_float']:.1f}% of {q['check_examples']} images; "
+              f"{figures}; allowed {q['max_drop_points']:g}")
     return 0
 
 

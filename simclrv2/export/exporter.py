@@ -28,12 +28,15 @@ import warnings
 
 import numpy as np
 
+from simclrv2 import precision as precision_lib
+
 FORMATS = ("savedmodel", "onnx", "keras")
 EXPORT_FORMAT = "simclrv2-export"  # config.json's "format": what `overwrite` may replace
 FORMAT_VERSION = 1
 # Everything an export directory holds at its top level (all formats).
-EXPORT_ENTRIES = frozenset({"saved_model", "model.onnx", "model.keras", "config.json",
-                            "README.md", "SHA256SUMS"})
+EXPORT_ENTRIES = frozenset({"saved_model", "model.onnx", "model.int8.onnx", "model.keras",
+                            "config.json", "README.md", "SHA256SUMS"})
+QUANTIZATIONS = ("int8",)
 STALE_AFTER_S = 3600  # see remove_stale_temporaries
 RTOL = 1e-4  # max |ours - keras| / max |keras|, per output, as simclrv2.zoo.importer
 ONNX_OPSET = 17
@@ -150,11 +153,13 @@ def resolve_model(model, stage=None, image_size=None):
 
 
 def _at_size(model, image_size):
-    """The model with a fixed square input of `image_size` (weights shared by copy)."""
+    """The model with a fixed square input of `image_size`, computing in float32 (a copy, under
+    the caller's float32 policy, when it is not already that)."""
     import simclrv2.zoo as zoo
 
     config = model.simclr_config
-    if tuple(config.input_shape[:2]) == (image_size, image_size):
+    if (tuple(config.input_shape[:2]) == (image_size, image_size)
+            and precision_lib.is_float32(model)):
         return model
     resized = zoo.build(config.replace(input_shape=(image_size, image_size, 3)))
     resized.set_weights(model.get_weights())
@@ -567,6 +572,11 @@ def model_card(report):
         outs = ", ".join(f"`{o}`" for o in report["onnx"]["outputs"])
         lines.append(f"| `model.onnx` | ONNX opset {report['onnx']['opset']}, input `images`, "
                      f"outputs {outs} |")
+    if report.get("int8"):
+        q = report["int8"]
+        lines.append(f"| `{q['file']}` | the ONNX model quantized to int8 (QDQ, onnxruntime); "
+                     f"{q['gate']} {q.get('top1_drop_points', q.get('disagreement_points'))} "
+                     f"points on {q['check_examples']} images (allowed {q['max_drop_points']:g}) |")
     if "keras" in report["formats"]:
         lines.append("| `model.keras` | Keras 3 model with its heads, for `fit` "
                      "(`import simclrv2.zoo` first) |")
@@ -711,7 +721,9 @@ def _check_formats(formats):
 
 
 def export_model(model, out_dir, formats=FORMATS, image_size=None, stage=None, provenance=None,
-                 overwrite=False, temperature=1.0) -> dict:
+                 overwrite=False, temperature=1.0, quantize=None, calibration=None,
+                 calibration_examples=300, check_examples=1000, max_int8_drop=1.0,
+                 data_dir=None) -> dict:
     """Exports `model` to `out_dir`, verified; returns the report also written to config.json.
 
     model: a SimCLRv2Model, a .keras path, a recipe run directory, an export directory, an
@@ -725,9 +737,29 @@ def export_model(model, out_dir, formats=FORMATS, image_size=None, stage=None, p
       refused, with or without it.
     temperature: the distill signature's default, recorded in config.json (the signature takes
       it as an input).
+    quantize="int8": also model.int8.onnx, onnxruntime's static QDQ quantization of model.onnx
+      (needs "onnx" in formats and a supervised head), calibrated on `calibration_examples`
+      images of `calibration` (a dataset name, an image folder, or an array of images / a tuple
+      (images, labels); see simclrv2.export.quantize.calibration_set, `data_dir` as for the
+      recipes) and checked on up to `check_examples` other ones: refused (QuantizationError,
+      nothing written) when its top-1 drop, or without labels its disagreement with the float
+      model, exceeds `max_int8_drop` points.
     Raises ExportError for bad input, VerificationError when an artifact doesn't match; either
     way nothing is left at out_dir.
     """
+    # Exports are float32 whatever precision the model was trained in (a bfloat16 run's
+    # variables are float32 already; only its layers compute in bfloat16), and verified against
+    # float32 Keras models: everything below is built under a float32 policy.
+    with precision_lib.float32_policy():
+        return _export_model(model, out_dir, formats, image_size, stage, provenance, overwrite,
+                             temperature, quantize, calibration, calibration_examples,
+                             check_examples, max_int8_drop, data_dir)
+
+
+def _export_model(model, out_dir, formats=FORMATS, image_size=None, stage=None, provenance=None,
+                 overwrite=False, temperature=1.0, quantize=None, calibration=None,
+                 calibration_examples=300, check_examples=1000, max_int8_drop=1.0,
+                 data_dir=None) -> dict:
     import simclrv2
 
     started = time.monotonic()
@@ -738,6 +770,17 @@ def export_model(model, out_dir, formats=FORMATS, image_size=None, stage=None, p
         raise ExportError(f"image_size must be an integer >= 8, got {image_size!r}")
     if provenance is not None and not isinstance(provenance, dict):
         raise ExportError("provenance must be a dict of JSON-serialisable fields")
+    if quantize is not None:
+        if quantize not in QUANTIZATIONS:
+            raise ExportError(f"unknown quantization {quantize!r}; valid: {', '.join(QUANTIZATIONS)}")
+        if "onnx" not in formats:
+            raise ExportError("quantize='int8' quantizes model.onnx: add onnx to the formats "
+                              "(--formats ...,onnx)")
+        if calibration is None:
+            raise ExportError("quantize='int8' needs calibration images: a dataset name "
+                              "(--calibration fashion_mnist), an image folder or an array")
+        if not float(max_int8_drop) >= 0:
+            raise ExportError(f"max_int8_drop must be >= 0 points, got {max_int8_drop}")
     source_hint = None if not isinstance(model, (str, os.PathLike)) else os.fspath(model)
     if source_hint and os.path.exists(os.path.expanduser(source_hint)):
         source_hint = os.path.expanduser(source_hint)
@@ -759,6 +802,17 @@ def export_model(model, out_dir, formats=FORMATS, image_size=None, stage=None, p
                           "limit of a single-file ONNX model; export with --formats "
                           "savedmodel,keras")
 
+    int8_images = None
+    if quantize:
+        from simclrv2.export import quantize as quantize_lib
+
+        if not config.num_classes:
+            raise ExportError(f"{config.name} has no supervised head: the int8 model is checked "
+                              "by its top-1, so quantize a fine-tuned or distilled model")
+        # Read before anything is exported, so that bad calibration images fail fast.
+        int8_images = quantize_lib.calibration_set(
+            calibration, image_size, config.num_classes, calibration_examples, check_examples,
+            data_dir=data_dir)
     graph = _Graph(keras_model, image_size, temperature)
     report = {
         "format": EXPORT_FORMAT,
@@ -812,6 +866,12 @@ def export_model(model, out_dir, formats=FORMATS, image_size=None, stage=None, p
         report["verification"] = {"tolerance": RTOL, "probe_shape": probe_shape,
                                   "metric": "max |exported - keras| / max |keras| per output",
                                   "max_relative_difference": worst, **figures}
+        report["int8"] = None
+        if quantize:
+            report["int8"] = quantize_lib.quantize_int8(
+                tmp / "model.onnx", tmp / quantize_lib.INT8_FILE, int8_images,
+                float(max_int8_drop))
+            report["int8"]["calibration"] = int8_images.description
         report["exported_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec="seconds")
         report["export_wall_s"] = round(time.monotonic() - started, 2)

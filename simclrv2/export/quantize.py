@@ -1,0 +1,219 @@
+"""INT8 ONNX: onnxruntime's static QDQ quantization of an export's model.onnx, calibrated on images
+the user names, and kept only when its top-1 stays within a threshold of the float model's.
+
+Parity to 1e-4 means nothing for an 8-bit model, so its check is what a deployment cares about:
+on images held apart from the calibration images, how often the int8 model's top class agrees
+with the float model's, and, where those images have labels the model's classes match, the
+difference of their top-1 accuracies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+from typing import Optional
+
+import numpy as np
+
+from simclrv2.export.exporter import ExportError, VerificationError
+
+INT8_FILE = "model.int8.onnx"
+CALIBRATION_EXAMPLES = 300  # onnxruntime's MinMax calibration settles within a few hundred
+CHECK_EXAMPLES = 1000
+MAX_DROP_POINTS = 1.0
+MIN_CHECK_EXAMPLES = 50
+BATCH = 50
+SEED = 0
+LOGITS = "logits"  # the ONNX output the check reads (exporter.onnx_function)
+
+
+class QuantizationError(VerificationError):
+    """The int8 model lost more top-1 than allowed; nothing was written."""
+
+
+@dataclasses.dataclass
+class CalibrationSet:
+    """Images (float32 NHWC in [0, 1]) to calibrate on, and disjoint ones to check on."""
+
+    calibration: np.ndarray
+    check: np.ndarray
+    check_labels: Optional[np.ndarray]
+    description: dict
+
+
+def _as_images(array, image_size, what):
+    images = np.asarray(array, dtype=np.float32)
+    if images.ndim != 4 or images.shape[1:] != (image_size, image_size, 3):
+        raise ExportError(f"{what} must be float images [N, {image_size}, {image_size}, 3] in "
+                          f"[0, 1] (the export's input), got shape {list(images.shape)}")
+    return images
+
+
+def _read(source, indices, image_size):
+    """float32 [N, S, S, 3] (the export's evaluation preprocessing) and int64 labels of
+    `indices` of a simclrv2.data source; a stream source gives its first len(indices)."""
+    import simclrv2.data as data
+
+    wanted = len(indices)
+    if source.random_access:
+        source = source.subset(np.sort(indices))
+    images, labels = [], []
+    for x, y in data.eval_dataset(source, BATCH, image_size=image_size).take(
+            -(-wanted // BATCH)):
+        images.append(x.numpy())
+        labels.append(y.numpy())
+    return (np.concatenate(images)[:wanted].astype(np.float32),
+            np.concatenate(labels)[:wanted].astype(np.int64))
+
+
+def _load_named(name, data_dir):
+    """(pool to draw from, labeled test split or None) of a dataset name or an image folder."""
+    import simclrv2.data as data
+
+    try:
+        pool = data.load_labeled(name, "train", data_dir)
+    except ValueError as labeled_error:
+        try:  # a folder of images without class folders: calibration and agreement only
+            pool = data.load_unlabeled(name, None, data_dir)
+        except ValueError:
+            raise ExportError(f"calibration images {name!r}: {labeled_error}") from None
+    try:
+        test = data.load_labeled(name, "test", data_dir)
+    except ValueError:
+        test = None  # no test split: the check images come from the pool, disjoint
+    return pool, test
+
+
+def calibration_set(source, image_size, num_classes, calibration_examples=CALIBRATION_EXAMPLES,
+                    check_examples=CHECK_EXAMPLES, data_dir=None, seed=SEED) -> CalibrationSet:
+    """Images to calibrate and check on, from:
+
+    - a dataset name (`fashion_mnist`, a tfds name) or an image folder (`folder:/path` or a path):
+      calibration images drawn at random from its training split; check images from its test
+      split when it has one, else from the rest of the training split;
+    - an array of images [N, S, S, 3], or a tuple (images, labels): the first
+      `calibration_examples` calibrate, the rest (up to `check_examples`) check.
+
+    Labels are used when the source's class count equals the model's; otherwise only the
+    agreement with the float model is measured.
+    """
+    if calibration_examples < 1 or check_examples < MIN_CHECK_EXAMPLES:
+        raise ExportError(f"calibration_examples must be >= 1 and check_examples >= "
+                          f"{MIN_CHECK_EXAMPLES}, got {calibration_examples} and {check_examples}")
+    if isinstance(source, (str, os.PathLike)):
+        name = os.fspath(source)
+        pool, test = _load_named(name, data_dir)
+        rng = np.random.default_rng(seed)
+        n = int(pool.num_examples)
+        order = rng.permutation(n) if pool.random_access else np.arange(n)
+        calib_index = order[:calibration_examples]
+        if test is not None:
+            m = int(test.num_examples)
+            check_index = (rng.permutation(m) if test.random_access else np.arange(m))[
+                :check_examples]
+            check_from, check_split = test, "test"
+        else:
+            check_index = order[calibration_examples:calibration_examples + check_examples]
+            check_from, check_split = pool, "train (disjoint from the calibration images)"
+            if not pool.random_access:
+                raise ExportError(f"{name} is read as a stream and has no test split; name a "
+                                  f"dataset with a test split or an image folder")
+        if len(check_index) < MIN_CHECK_EXAMPLES:
+            raise ExportError(
+                f"calibration images {name!r}: {n} images leave {len(check_index)} to check the "
+                f"int8 model on after {len(calib_index)} calibration images; at least "
+                f"{MIN_CHECK_EXAMPLES} are needed (give more images or lower "
+                f"calibration_examples)")
+        calibration, _ = _read(pool, calib_index, image_size)
+        check, labels = _read(check_from, check_index, image_size)
+        classes = check_from.num_classes
+        description = {"source": name, "calibration_split": "train",
+                       "check_split": check_split, "seed": seed}
+    else:
+        images, labels = (source if isinstance(source, tuple) else (source, None))
+        images = _as_images(images, image_size, "calibration images")
+        if len(images) < calibration_examples + MIN_CHECK_EXAMPLES:
+            raise ExportError(f"{len(images)} calibration images are too few: the first "
+                              f"{calibration_examples} calibrate and at least "
+                              f"{MIN_CHECK_EXAMPLES} more are needed to check the int8 model")
+        calibration = images[:calibration_examples]
+        check = images[calibration_examples:calibration_examples + check_examples]
+        if labels is not None:
+            labels = np.asarray(labels, np.int64)[
+                calibration_examples:calibration_examples + check_examples]
+        classes = None if labels is None else num_classes
+        description = {"source": "array", "calibration_split": f"first {len(calibration)}",
+                       "check_split": "the images after those"}
+    use_labels = labels is not None and classes == num_classes and bool(np.all(labels >= 0))
+    if labels is not None and not use_labels:
+        description["labels_not_used"] = (f"the images have {classes} classes, the model "
+                                          f"{num_classes}")
+    description.update(calibration_examples=len(calibration), check_examples=len(check))
+    return CalibrationSet(calibration, check, labels if use_labels else None, description)
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader protocol: feeds {"images": batch} until None."""
+
+    def __init__(self, images):
+        self._batches = iter([images[i:i + BATCH] for i in range(0, len(images), BATCH)])
+
+    def get_next(self):
+        batch = next(self._batches, None)
+        return None if batch is None else {"images": batch}
+
+
+def _logits(onnx_path, images):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    return np.concatenate([session.run([LOGITS], {"images": images[i:i + BATCH]})[0]
+                           for i in range(0, len(images), BATCH)])
+
+
+def quantize_int8(float_onnx, out_path, images: CalibrationSet,
+                  max_drop_points: float = MAX_DROP_POINTS) -> dict:
+    """Writes the int8 model to `out_path` and returns its check; raises QuantizationError (and
+    removes `out_path`) when its top-1 drop (labels) or its disagreement with the float model
+    (no labels: an upper bound of the drop) exceeds `max_drop_points`."""
+    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    out_path = pathlib.Path(out_path)
+    prepared = out_path.with_name(out_path.name + ".prepared")
+    try:
+        # Shape inference and graph optimisation first, as onnxruntime recommends: quantization
+        # needs the shapes, and BN is folded into the convolutions before it is quantized.
+        # ONNX's own shape inference covers these graphs (fixed sides, a free batch); the
+        # symbolic pass would need sympy.
+        quant_pre_process(str(float_onnx), str(prepared), skip_symbolic_shape=True)
+        quantize_static(str(prepared), str(out_path), _Reader(images.calibration),
+                        quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
+    finally:
+        prepared.unlink(missing_ok=True)
+    reference = _logits(float_onnx, images.check).argmax(1)
+    quantized = _logits(out_path, images.check).argmax(1)
+    check = {"agreement_with_float": float(np.mean(reference == quantized)),
+             "check_examples": len(images.check)}
+    if images.check_labels is not None:
+        float_top1 = float(np.mean(reference == images.check_labels))
+        int8_top1 = float(np.mean(quantized == images.check_labels))
+        check.update(float_top1=float_top1, int8_top1=int8_top1,
+                     top1_drop_points=round(100 * (float_top1 - int8_top1), 3))
+        measured, what = check["top1_drop_points"], "top-1 drop"
+    else:
+        check["disagreement_points"] = round(100 * (1 - check["agreement_with_float"]), 3)
+        measured, what = check["disagreement_points"], "disagreement with the float model"
+    if measured > max_drop_points:
+        out_path.unlink(missing_ok=True)
+        raise QuantizationError(
+            f"the int8 model's {what} is {measured:.2f} points on {len(images.check)} images, over "
+            f"the allowed {max_drop_points:g}; nothing was written. Calibrate on images closer to "
+            f"what it will see, or allow more (max_int8_drop / --max-int8-drop)")
+    return {"file": out_path.name, "quant_format": "QDQ", "weights": "int8 per channel",
+            "activations": "int8 per tensor", "calibration_method": "MinMax",
+            "max_drop_points": max_drop_points, "gate": what, **check}
