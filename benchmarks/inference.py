@@ -4,8 +4,10 @@
     python benchmarks/inference.py --quick    # r50_0.25x_sk1, 128 px: a smoke run
 
 Prints the export wall time, images/s of Keras `predict_on_batch`, the SavedModel's
-`serving_default` signature and onnxruntime on `model.onnx`, and the ratio ORT / SavedModel.
-Weights are random (the speed does not depend on them). Each runtime gets `--warmup` untimed
+`serving_default` signature, onnxruntime on `model.onnx` and on `model.int8.onnx` (the export's
+int8 quantization; `--no-int8` skips it), and the ratios ORT / SavedModel and int8 / float ORT.
+Weights are random (the speed does not depend on them; the int8 model is calibrated on random
+images and its accuracy gate is off, since random weights have no accuracy to keep). Each runtime gets `--warmup` untimed
 calls, then the median of `--repeats` timed rounds of `--iters` calls.
 """
 
@@ -44,6 +46,7 @@ def main(argv=None):
     p.add_argument("--iters", type=int, default=None)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default=None, help="export directory (default: a temporary one)")
+    p.add_argument("--no-int8", action="store_true", help="skip the int8 ONNX model")
     args = p.parse_args(argv)
     name = args.model or ("r50_0.25x_sk1" if args.quick else "r50_1x_sk1")
     size = args.image_size or (128 if args.quick else 224)
@@ -68,6 +71,16 @@ def main(argv=None):
     report = export_model(model, out, formats=("savedmodel", "onnx"), stage="benchmark",
                           overwrite=True)
     export_s = time.perf_counter() - start
+    int8_s = None
+    if not args.no_int8:
+        from simclrv2.export.quantize import calibration_set, quantize_int8
+
+        probe = np.random.default_rng(1).uniform(0, 1, (100, size, size, 3)).astype(np.float32)
+        start = time.perf_counter()
+        quantize_int8(os.path.join(out, "model.onnx"), os.path.join(out, "model.int8.onnx"),
+                      calibration_set(probe, size, 1000, calibration_examples=50,
+                                      check_examples=50), max_drop_points=100.0)
+        int8_s = time.perf_counter() - start
 
     classifier = zoo.classifier_model(model)
     keras_rate = _rate(lambda: classifier.predict_on_batch(x), args.batch, args.warmup, iters,
@@ -83,6 +96,12 @@ def main(argv=None):
                                    providers=["CPUExecutionProvider"])
     ort_rate = _rate(lambda: session.run(["logits"], {"images": x}), args.batch, args.warmup,
                      iters, args.repeats)
+    int8_rate = None
+    if int8_s is not None:
+        int8 = ort.InferenceSession(os.path.join(out, "model.int8.onnx"), options,
+                                    providers=["CPUExecutionProvider"])
+        int8_rate = _rate(lambda: int8.run(["logits"], {"images": x}), args.batch, args.warmup,
+                          iters, args.repeats)
 
     print(f"model {name} at {size} px, batch {args.batch}, {threads} threads, "
           f"tensorflow {tf.__version__}, onnxruntime {ort.__version__}")
@@ -92,6 +111,10 @@ def main(argv=None):
     print(f"SavedModel serving     : {sm_rate:8.1f} images/s")
     print(f"onnxruntime            : {ort_rate:8.1f} images/s")
     print(f"ratio ORT / SavedModel : {ort_rate / sm_rate:.2f}x")
+    if int8_rate is not None:
+        print(f"onnxruntime int8       : {int8_rate:8.1f} images/s (quantized in {int8_s:.1f} s "
+              f"on 50 images)")
+        print(f"ratio int8 / float ORT : {int8_rate / ort_rate:.2f}x")
     if tmp is not None:
         tmp.cleanup()
     return 0

@@ -1,37 +1,130 @@
-"""Pretraining throughput (images/s) and the cost of a pretraining step relative to a supervised
-step on the same 2B images (target <= 1.15: the contrastive loss should be cheap next to the net).
+"""Pretraining step throughput in float32 and in bfloat16 mixed precision, with peak memory and
+where the step's time goes.
 
-    python benchmarks/train_step.py            # r18 CIFAR stem 32 px B=128, r50_1x_sk1 224 px B=8
-    python benchmarks/train_step.py --quick    # smaller cases, a minute on 2 CPU cores
+    python benchmarks/train_step.py            # configs A, B, C (minutes on 2 CPU cores)
+    python benchmarks/train_step.py --quick    # small stand-ins of A and B, about a minute
+    python benchmarks/train_step.py --configs A --precisions float32
+
+Configs (issue 15's table): A r18_1x_sk0, CIFAR stem, 32 px, 128 pairs; B r50_1x_sk1, 224 px,
+8 pairs; C r50_1x_sk0, 224 px, 8 pairs. The step is the recipe's: model forward in training
+mode, NT-Xent (float32), LARS. Each (config, precision) runs in a fresh process, so its peak RSS
+is its own. Per run it prints pairs/s, the supervised step for comparison, and a breakdown by
+phase (forward, backward, LARS update; the contrastive loss timed alone) measured by timing each
+phase's own tf.function, and the shares of kernel time from a TF profiler trace of 3 steps
+(convolutions, batch norm, the SK branch's other ops, casts, the contrastive loss, LARS). At the
+end: bfloat16 / float32 per config, and what `auto` picks here.
 """
 
 import argparse
+import collections
+import glob
 import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
 import time
 
-import tensorflow as tf
+CONFIGS = {"A": ("r18_1x_sk0", 32, 128), "B": ("r50_1x_sk1", 224, 8),
+           "C": ("r50_1x_sk0", 224, 8)}
+QUICK = {"A": ("r18_0.25x_sk0", 32, 32), "B": ("r50_0.25x_sk1", 64, 4),
+         "C": ("r50_0.25x_sk0", 64, 4)}
+PRECISIONS = ("float32", "mixed_bfloat16")
+# A TensorFlow kernel's trace event is named "op_name:OpType" (then "#key=value#" annotations).
+KERNEL_EVENT = re.compile(r"^(?P<name>[^#:]+):(?P<type>[A-Za-z0-9_]+)(#|$)")
 
-from simclrv2.recipes import objectives, optim
+
+def _category(name, op_type):
+    """Which part of the step a kernel belongs to; name scopes first, then the op's type."""
+    if "nt_xent" in name:
+        return "contrastive loss (fwd+bwd)"
+    if "lars_update" in name:
+        return "LARS update"
+    if op_type == "Cast":
+        return "casts"
+    if op_type.startswith(("Conv2D", "DepthwiseConv2d")):
+        return "convolutions (fwd+bwd)"
+    if "BatchNorm" in op_type:
+        return "batch norm (fwd+bwd)"
+    if "sk_conv" in name:
+        return "SK branch, its other ops"
+    return "other ops"
 
 
-def _bench(model_name, image_size, batch, steps, warmup):
+def _op_breakdown(logdir):
+    """Shares of the summed kernel time per category, from a TF profiler trace (the host plane
+    of its xplane.pb); kernels on the 2 threads overlap, so these are shares, not seconds."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    totals = collections.Counter()
+    for path in glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True):
+        space = xplane_pb2.XSpace()
+        with open(path, "rb") as f:
+            space.ParseFromString(f.read())
+        for plane in space.planes:
+            if not plane.name.startswith("/host:CPU"):
+                continue
+            for line in plane.lines:
+                for event in line.events:
+                    match = KERNEL_EVENT.match(plane.event_metadata[event.metadata_id].name)
+                    if match:
+                        totals[_category(match["name"], match["type"])] += event.duration_ps
+    whole = sum(totals.values())
+    if not whole:
+        return {"unavailable": "the profiler trace held no kernel events"}
+    return {k: round(v / whole, 3) for k, v in totals.most_common()}
+
+
+def _one(model_name, image_size, batch, policy, steps, warmup, threads):
+    """Measures one (model, precision) in this process; returns its figures."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    import tensorflow as tf
+
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    keras.mixed_precision.set_global_policy(policy)
     import simclrv2.zoo as zoo
+    from simclrv2.recipes import objectives, optim
 
     model = zoo.build(model_name, num_classes=10, input_shape=(image_size, image_size, 3),
                       ft_proj_selector=0)
     opt = optim.LARS(0.1, weight_decay_rate=1e-6)
-    opt.build(model.trainable_variables)
     variables = model.trainable_variables
+    opt.build(variables)
     views = tf.random.uniform((2 * batch, image_size, image_size, 3))
     labels = tf.random.uniform((2 * batch,), 0, 10, tf.int32)
+    hidden = tf.random.normal((2 * batch, 128))
 
     @tf.function
     def pretrain_step():
         with tf.GradientTape() as tape:
             out = model(views, training=True)
-            loss, _, _ = objectives.nt_xent_loss(out["proj_head_output"], 0.1)
-        opt.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            with tf.name_scope("nt_xent"):
+                loss, _, _ = objectives.nt_xent_loss(out["proj_head_output"], 0.1)
+        grads = tape.gradient(loss, variables)
+        with tf.name_scope("lars_update"):
+            opt.apply_gradients(zip(grads, variables))
         return loss
+
+    @tf.function
+    def forward():
+        out = model(views, training=True)
+        return objectives.nt_xent_loss(out["proj_head_output"], 0.1)[0]
+
+    @tf.function
+    def forward_backward():
+        with tf.GradientTape() as tape:
+            out = model(views, training=True)
+            loss, _, _ = objectives.nt_xent_loss(out["proj_head_output"], 0.1)
+        return tf.add_n([tf.reduce_sum(g) for g in tape.gradient(loss, variables)])
+
+    @tf.function
+    def contrastive():
+        return objectives.nt_xent_loss(hidden, 0.1)[0]
 
     @tf.function
     def supervised_step():
@@ -39,40 +132,86 @@ def _bench(model_name, image_size, batch, steps, warmup):
             out = model(views, training=True)
             loss = objectives.supervised_loss(labels, out["logits_sup"], 10)
         grads = tape.gradient(loss, variables)
-        pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
-        opt.apply_gradients(pairs)
+        opt.apply_gradients([(g, v) for g, v in zip(grads, variables) if g is not None])
         return loss
 
-    def timed(fn):
+    def timed(fn, n=steps):
         for _ in range(warmup):
             fn().numpy()
         start = time.perf_counter()
-        for _ in range(steps):
+        for _ in range(n):
             fn().numpy()
-        return (time.perf_counter() - start) / steps
+        return (time.perf_counter() - start) / n
 
-    t_pre, t_sup = timed(pretrain_step), timed(supervised_step)
-    return {"model": model_name, "image_size": image_size, "batch": batch,
-            "pretrain_images_per_s": round(2 * batch / t_pre, 2),
-            "pretrain_step_s": round(t_pre, 4), "supervised_step_s": round(t_sup, 4),
-            "pretrain_over_supervised": round(t_pre / t_sup, 3)}
+    t_step = timed(pretrain_step)
+    t_fwd, t_fb = timed(forward), timed(forward_backward)
+    t_nce = timed(contrastive, max(steps, 20))
+    t_sup = timed(supervised_step)
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # before profiling
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        for _ in range(min(steps, 3)):
+            pretrain_step().numpy()
+        tf.profiler.experimental.stop()
+        ops = _op_breakdown(logdir)
+    return {
+        "model": model_name, "image_size": image_size, "pairs": batch, "precision": policy,
+        "pairs_per_s": round(batch / t_step, 2), "step_s": round(t_step, 4),
+        "supervised_step_s": round(t_sup, 4), "pretrain_over_supervised": round(t_step / t_sup, 3),
+        "breakdown_s": {"forward (incl. loss)": round(t_fwd, 4),
+                        "backward": round(max(t_fb - t_fwd, 0.0), 4),
+                        "LARS update and the rest": round(max(t_step - t_fb, 0.0), 4),
+                        "contrastive loss alone": round(t_nce, 5)},
+        "kernel_time_shares": ops,
+        "peak_rss_gib": round(peak_rss, 2),
+    }
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small cases, few steps")
-    parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = TF's choice)")
-    args = parser.parse_args()
-    if args.threads:
-        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-    if args.quick:
-        cases = [("r18_0.25x_sk0", 32, 32, 5, 2), ("r50_0.25x_sk1", 64, 4, 3, 1)]
-    else:
-        cases = [("r18_1x_sk0", 32, 128, 10, 3), ("r50_1x_sk1", 224, 8, 10, 3)]
-    for case in cases:
-        print(json.dumps(_bench(*case)), flush=True)
+    parser.add_argument("--quick", action="store_true", help="small stand-ins, few steps")
+    parser.add_argument("--configs", default="A,B,C")
+    parser.add_argument("--precisions", default=",".join(PRECISIONS))
+    parser.add_argument("--steps", type=int, default=0, help="timed steps (default 10, quick 3)")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="intra-op threads (0 = TF's choice; 2 measured best on 2 cores)")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    steps = args.steps or (3 if args.quick else 10)
+    warmup = 1 if args.quick else 3
+    if args.child:
+        name, size, batch, policy = json.loads(args.child)
+        print(json.dumps(_one(name, size, batch, policy, steps, warmup, args.threads)))
+        return 0
+
+    from simclrv2 import precision
+
+    table = QUICK if args.quick else CONFIGS
+    results = {}
+    for key in args.configs.split(","):
+        name, size, batch = table[key]
+        for policy in args.precisions.split(","):
+            child = json.dumps([name, size, batch, policy])
+            proc = subprocess.run(
+                [sys.executable, __file__, "--child", child, "--steps", str(steps),
+                 "--threads", str(args.threads)] + (["--quick"] if args.quick else []),
+                capture_output=True, text=True)
+            if proc.returncode:
+                print(proc.stderr[-3000:], file=sys.stderr)
+                return proc.returncode
+            result = json.loads(proc.stdout.strip().splitlines()[-1])
+            results[key, policy] = result
+            print(f"{key} {json.dumps(result)}", flush=True)
+    for key in args.configs.split(","):
+        if (key, "float32") in results and (key, "mixed_bfloat16") in results:
+            f32, bf16 = results[key, "float32"], results[key, "mixed_bfloat16"]
+            print(f"{key} {f32['model']} {f32['image_size']} px x{f32['pairs']}: float32 "
+                  f"{f32['pairs_per_s']} pairs/s ({f32['peak_rss_gib']} GiB), mixed_bfloat16 "
+                  f"{bf16['pairs_per_s']} pairs/s ({bf16['peak_rss_gib']} GiB): bfloat16 / "
+                  f"float32 = {bf16['pairs_per_s'] / f32['pairs_per_s']:.2f}x")
+    print(precision.resolve("auto").describe() + " <- what `auto` trains in on this machine")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
