@@ -120,7 +120,8 @@ def _one(model_name, image_size, batch, policy, steps, warmup, threads):
         with tf.GradientTape() as tape:
             out = model(views, training=True)
             loss, _, _ = objectives.nt_xent_loss(out["proj_head_output"], 0.1)
-        return tf.add_n([tf.reduce_sum(g) for g in tape.gradient(loss, variables)])
+        return tf.add_n([tf.reduce_sum(g) for g in tape.gradient(loss, variables)
+                         if g is not None])  # the supervised head has none here
 
     @tf.function
     def contrastive():

@@ -26,6 +26,10 @@ MIN_CHECK_EXAMPLES = 50
 BATCH = 50
 SEED = 0
 LOGITS = "logits"  # the ONNX output the check reads (exporter.onnx_function)
+# x86 flags of int8 dot-product instructions, which onnxruntime's int8 kernels need to beat
+# float32: measured on a CPU without them (avx512bw only), the int8 r50_1x_sk1 ran at 0.65x the
+# float model's speed (docs/export.md).
+INT8_DOT_PRODUCT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
 class QuantizationError(VerificationError):
@@ -214,6 +218,10 @@ def quantize_int8(float_onnx, out_path, images: CalibrationSet,
             f"the int8 model's {what} is {measured:.2f} points on {len(images.check)} images, over "
             f"the allowed {max_drop_points:g}; nothing was written. Calibrate on images closer to "
             f"what it will see, or allow more (max_int8_drop / --max-int8-drop)")
+    from simclrv2.precision import cpu_flags
+
+    fast = [flag for flag in INT8_DOT_PRODUCT_FLAGS if flag in cpu_flags()]
     return {"file": out_path.name, "quant_format": "QDQ", "weights": "int8 per channel",
+            "exporting_cpu_int8_dot_product": fast,
             "activations": "int8 per tensor", "calibration_method": "MinMax",
             "max_drop_points": max_drop_points, "gate": what, **check}
