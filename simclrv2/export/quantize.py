@@ -144,13 +144,19 @@ def calibration_set(source, image_size, num_classes, calibration_examples=CALIBR
         calibration = images[:calibration_examples]
         check = images[calibration_examples:calibration_examples + check_examples]
         if labels is not None:
-            labels = np.asarray(labels, np.int64)[
-                calibration_examples:calibration_examples + check_examples]
+            labels = np.asarray(labels, np.int64).reshape(-1)
+            if len(labels) != len(images):
+                raise ExportError(f"{len(labels)} labels for {len(images)} calibration images; "
+                                  f"give one label per image")
+            labels = labels[calibration_examples:calibration_examples + check_examples]
         classes = None if labels is None else num_classes
         description = {"source": "array", "calibration_split": f"first {len(calibration)}",
                        "check_split": "the images after those"}
-    use_labels = labels is not None and classes == num_classes and bool(np.all(labels >= 0))
-    if labels is not None and not use_labels:
+    labelled = labels is not None and classes is not None and bool(np.all(labels >= 0))
+    use_labels = labelled and classes == num_classes
+    if not labelled:
+        description["labels_not_used"] = "the images have no labels"
+    elif not use_labels:
         description["labels_not_used"] = (f"the images have {classes} classes, the model "
                                           f"{num_classes}")
     description.update(calibration_examples=len(calibration), check_examples=len(check))
