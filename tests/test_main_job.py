@@ -44,6 +44,12 @@ def test_quick_run_outputs_and_resume(tmp_path):
     assert [r["labels_used"] for r in results["rows"][2:7]] == [
         "6000 (10%)", "600 (1%)", "6000 (10%)", "600 (1%)", "6000 (10%)"]
     assert results["rows"][0]["labels_used"] == "10000 (--quick)"  # the raw-pixel baseline
+    # The precision `auto` chose on this machine, said once and recorded for every trained row.
+    from simclrv2 import precision
+    chosen = precision.resolve("auto")
+    assert results["training_precision"] == chosen.to_dict()
+    assert f"training precision: {chosen.policy} (auto: {chosen.reason})" in first.stdout
+    assert {r.get("precision") for r in results["rows"][1:]} == {chosen.policy}
     # Every aim is judged (or n/a where --quick leaves a row out) and printed.
     aims = {a["aim"]: a for a in results["aims"]}
     assert len(aims) == 4 and results["eval_split"] == "test"

@@ -107,15 +107,19 @@ def test_final_model_save_never_leaves_a_broken_model_keras(tmp_path):
                 f.write(b"PK\x03\x04 the first bytes of a zip")
             raise Killed
 
+    config = C.from_dict("pretrain", dict(TINY, model_dir=str(tmp_path)))
     with pytest.raises(Killed):
-        stages._finish(tmp_path, "pretrain", {"status": "done"}, KilledMidSave(), True, time.time())
+        stages._finish(config, tmp_path, "pretrain", {"status": "done"}, KilledMidSave(), True,
+                       time.time())
     assert not (tmp_path / "model.keras").exists() and list(tmp_path.iterdir()) == []
     model = zoo.build("r18_0.125x_sk0", num_classes=2, input_shape=(16, 16, 3))
-    result = stages._finish(tmp_path, "pretrain", {"status": "done"}, model, True, time.time())
+    result = stages._finish(config, tmp_path, "pretrain", {"status": "done"}, model, True,
+                            time.time())
     assert zipfile.is_zipfile(result["keras_path"])
     before = (tmp_path / "model.keras").read_bytes()
     with pytest.raises(Killed):
-        stages._finish(tmp_path, "pretrain", {"status": "done"}, KilledMidSave(), True, time.time())
+        stages._finish(config, tmp_path, "pretrain", {"status": "done"}, KilledMidSave(), True,
+                       time.time())
     assert (tmp_path / "model.keras").read_bytes() == before  # the earlier one stays whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.keras", "result.json"]
 
