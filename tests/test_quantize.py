@@ -5,6 +5,7 @@ when its top-1 drop exceeds the threshold; calibration images from arrays and im
 import json
 
 import numpy as np
+import onnx
 import pytest
 import tensorflow as tf
 
@@ -53,8 +54,7 @@ def test_int8_model_is_written_checked_and_loads(model, tmp_path):
     assert [i.name for i in int8_session.get_inputs()] == ["images"]
     assert ([o.name for o in int8_session.get_outputs()]
             == [o.name for o in float_session.get_outputs()])
-    ops = {node.op_type for node in __import__("onnx").load(
-        str(tmp_path / "exp" / "model.int8.onnx")).graph.node}
+    ops = {node.op_type for node in onnx.load(str(tmp_path / "exp" / "model.int8.onnx")).graph.node}
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
     logits = int8_session.run(["logits"], {"images": images[150:]})[0]
     assert logits.shape == (50, 10) and np.all(np.isfinite(logits))

@@ -756,10 +756,10 @@ def export_model(model, out_dir, formats=FORMATS, image_size=None, stage=None, p
                              check_examples, max_int8_drop, data_dir)
 
 
-def _export_model(model, out_dir, formats=FORMATS, image_size=None, stage=None, provenance=None,
-                 overwrite=False, temperature=1.0, quantize=None, calibration=None,
-                 calibration_examples=300, check_examples=1000, max_int8_drop=1.0,
-                 data_dir=None) -> dict:
+def _export_model(model, out_dir, formats, image_size, stage, provenance, overwrite, temperature,
+                  quantize, calibration, calibration_examples, check_examples, max_int8_drop,
+                  data_dir) -> dict:
+    """export_model's work, under its float32 policy; the arguments are export_model's."""
     import simclrv2
 
     started = time.monotonic()
