@@ -2,6 +2,7 @@
 
     python benchmarks/inference.py            # r50_1x_sk1, 224 px, batch 8 (minutes on 2 cores)
     python benchmarks/inference.py --quick    # r50_0.25x_sk1, 128 px: a smoke run
+    python benchmarks/inference.py --model r50_1x_sk0 --batch 8,1   # batch 8 and latency
 
 Prints the export wall time, images/s of Keras `predict_on_batch`, the SavedModel's
 `serving_default` signature, onnxruntime on `model.onnx` and on `model.int8.onnx` (the export's
@@ -39,7 +40,8 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="r50_0.25x_sk1 at 128 px")
     p.add_argument("--model", default=None, help="zoo architecture (default r50_1x_sk1)")
     p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch", default="8",
+                   help="batch size, or several (8,1): each is timed on the same export")
     p.add_argument("--threads", type=int, default=0,
                    help="intra-op threads for TF and ORT (0: all cores)")
     p.add_argument("--warmup", type=int, default=3)
@@ -51,6 +53,12 @@ def main(argv=None):
     name = args.model or ("r50_0.25x_sk1" if args.quick else "r50_1x_sk1")
     size = args.image_size or (128 if args.quick else 224)
     iters = args.iters or (5 if args.quick else 4)
+    try:
+        batches = [int(b) for b in str(args.batch).split(",")]
+    except ValueError:
+        p.error(f"--batch {args.batch!r}: expected N or N,N,...")
+    if min(batches) < 1:
+        p.error("--batch sizes must be >= 1")
 
     import numpy as np
     import tensorflow as tf
@@ -64,7 +72,6 @@ def main(argv=None):
     from simclrv2.export import export_model
 
     model = zoo.build(name, num_classes=1000, input_shape=(size, size, 3))
-    x = np.random.default_rng(0).uniform(0, 1, (args.batch, size, size, 3)).astype(np.float32)
     tmp = tempfile.TemporaryDirectory() if args.out is None else None
     out = args.out or os.path.join(tmp.name, "export")
     start = time.perf_counter()
@@ -83,38 +90,42 @@ def main(argv=None):
         int8_s = time.perf_counter() - start
 
     classifier = zoo.classifier_model(model)
-    keras_rate = _rate(lambda: classifier.predict_on_batch(x), args.batch, args.warmup, iters,
-                       args.repeats)
     serving = tf.saved_model.load(os.path.join(out, "saved_model")).signatures["serving_default"]
-    xt = tf.constant(x)
-    sm_rate = _rate(lambda: serving(images=xt)["logits"].numpy(), args.batch, args.warmup, iters,
-                    args.repeats)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
+    from simclrv2.export.exporter import onnx_session_options
+
+    options = onnx_session_options(threads)
     session = ort.InferenceSession(os.path.join(out, "model.onnx"), options,
                                    providers=["CPUExecutionProvider"])
-    ort_rate = _rate(lambda: session.run(["logits"], {"images": x}), args.batch, args.warmup,
-                     iters, args.repeats)
-    int8_rate = None
-    if int8_s is not None:
-        int8 = ort.InferenceSession(os.path.join(out, "model.int8.onnx"), options,
-                                    providers=["CPUExecutionProvider"])
-        int8_rate = _rate(lambda: int8.run(["logits"], {"images": x}), args.batch, args.warmup,
-                          iters, args.repeats)
+    int8 = None if int8_s is None else ort.InferenceSession(
+        os.path.join(out, "model.int8.onnx"), options, providers=["CPUExecutionProvider"])
 
-    print(f"model {name} at {size} px, batch {args.batch}, {threads} threads, "
-          f"tensorflow {tf.__version__}, onnxruntime {ort.__version__}")
+    print(f"model {name} at {size} px, {threads} threads, tensorflow {tf.__version__}, "
+          f"onnxruntime {ort.__version__}")
     print(f"export (SavedModel + ONNX, verified): {export_s:.1f} s; max relative difference "
           f"{report['verification']['max_relative_difference']:.2g}")
-    print(f"keras predict_on_batch : {keras_rate:8.1f} images/s")
-    print(f"SavedModel serving     : {sm_rate:8.1f} images/s")
-    print(f"onnxruntime            : {ort_rate:8.1f} images/s")
-    print(f"ratio ORT / SavedModel : {ort_rate / sm_rate:.2f}x")
-    if int8_rate is not None:
-        print(f"onnxruntime int8       : {int8_rate:8.1f} images/s (quantized in {int8_s:.1f} s "
-              f"on 50 images)")
-        print(f"ratio int8 / float ORT : {int8_rate / ort_rate:.2f}x")
+    if int8_s is not None:
+        print(f"int8 quantization (50 calibration images): {int8_s:.1f} s")
+    for batch in batches:
+        x = np.random.default_rng(0).uniform(0, 1, (batch, size, size, 3)).astype(np.float32)
+        xt = tf.constant(x)
+
+        def rate(fn):
+            return _rate(fn, batch, args.warmup, iters, args.repeats)
+
+        keras_rate = rate(lambda: classifier.predict_on_batch(x))
+        sm_rate = rate(lambda: serving(images=xt)["logits"].numpy())
+        ort_rate = rate(lambda: session.run(["logits"], {"images": x}))
+        print(f"batch {batch}:")
+        print(f"  keras predict_on_batch : {keras_rate:8.1f} images/s")
+        print(f"  SavedModel serving     : {sm_rate:8.1f} images/s "
+              f"({1000 * batch / sm_rate:.0f} ms per batch)")
+        print(f"  onnxruntime            : {ort_rate:8.1f} images/s "
+              f"({1000 * batch / ort_rate:.0f} ms per batch)")
+        print(f"  ratio ORT / SavedModel : {ort_rate / sm_rate:.2f}x")
+        if int8 is not None:
+            int8_rate = rate(lambda: int8.run(["logits"], {"images": x}))
+            print(f"  onnxruntime int8       : {int8_rate:8.1f} images/s")
+            print(f"  ratio int8 / float ORT : {int8_rate / ort_rate:.2f}x")
     if tmp is not None:
         tmp.cleanup()
     return 0

@@ -48,6 +48,9 @@ BASE_MINUTES = 90.0
 # How the step time left after the fixed costs is shared out.
 PLAN_SHARES = {"pretrain": 0.40, "supervised": 0.32, "distill": 0.28}
 MIN_STEPS = 2
+# The committed run's size (benchmarks/results/semi_supervised-20261202T082230Z.json), the main
+# job's size before it moved to 28 px on faster hosts.
+IMAGE_SIZE = 16
 CALIBRATION_STEPS = 8
 SUPERVISED_KEYS = ("scratch_1pct", "scratch_10pct", "scratch_100pct", "finetune_1pct_layer1",
                    "finetune_10pct_layer1", "finetune_1pct_layer0")
@@ -77,7 +80,7 @@ def parse_args(argv):
     p.add_argument("--seeds", type=int, default=3, help="seeds of every downstream stage "
                    "(default 3); pretraining runs once per width")
     p.add_argument("--image-size", type=int, default=None,
-                   help="image side (default: the main job's)")
+                   help=f"image side (default {IMAGE_SIZE})")
     p.add_argument("--eval-examples", type=int, default=0,
                    help="test images per evaluation (0 = all 10,000)")
     p.add_argument("--work-dir", default=None, help="where the runs go (default: a temp dir)")
@@ -89,8 +92,7 @@ def parse_args(argv):
     if args.budget_minutes <= 0 or args.seeds < 1 or not args.widths:
         p.error("--budget-minutes > 0, --seeds >= 1 and at least one width are needed")
     if args.image_size is None:
-        from simclrv2.main_job import DEFAULTS
-        args.image_size = DEFAULTS["image_size"]
+        args.image_size = IMAGE_SIZE
     return args
 
 
@@ -138,11 +140,9 @@ def plan_steps(costs, budget_s, widths, seeds):
 
 def _step_seconds(model_dir):
     """Median wall time between consecutive logged steps (log_steps=1) of a finished run."""
-    import numpy as np
+    from simclrv2.main_job import step_seconds
 
-    times = [json.loads(line)["time"] for line in open(pathlib.Path(model_dir) / "metrics.jsonl")
-             if '"kind": "train"' in line]
-    return float(np.median(np.diff(times[2:]))) if len(times) > 3 else float("nan")
+    return step_seconds(pathlib.Path(model_dir) / "metrics.jsonl")
 
 
 class Runner:

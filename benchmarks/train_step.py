@@ -36,17 +36,28 @@ PRECISIONS = ("float32", "mixed_bfloat16")
 KERNEL_EVENT = re.compile(r"^(?P<name>[^#:]+):(?P<type>[A-Za-z0-9_]+)(#|$)")
 
 
+# Events that wrap others (a tf.function call, control flow): counting them would count their
+# kernels twice, so only the kernels inside are counted.
+WRAPPER_TYPES = ("StatefulPartitionedCall", "PartitionedCall", "While", "StatelessWhile", "If",
+                 "StatelessIf", "Case", "StatelessCase")
+
+
 def _category(name, op_type):
-    """Which part of the step a kernel belongs to; name scopes first, then the op's type."""
+    """Which part of the step a kernel belongs to (None: a wrapper, not counted); name scopes
+    first, then the op's type, with oneDNN's prefixes (_MklNative..., _Mkl..., _Fused...)
+    stripped."""
+    if op_type in WRAPPER_TYPES or name.startswith(("__inference", "__forward", "__backward")):
+        return None
     if "nt_xent" in name:
         return "contrastive loss (fwd+bwd)"
     if "lars_update" in name:
         return "LARS update"
-    if op_type == "Cast":
+    kind = re.sub(r"^_(MklNative|Mkl|OneDnn)?", "", op_type)
+    if kind == "Cast":
         return "casts"
-    if op_type.startswith(("Conv2D", "DepthwiseConv2d")):
+    if "Conv2D" in kind or "DepthwiseConv" in kind:
         return "convolutions (fwd+bwd)"
-    if "BatchNorm" in op_type:
+    if "BatchNorm" in kind:
         return "batch norm (fwd+bwd)"
     if "sk_conv" in name:
         return "SK branch, its other ops"
@@ -69,8 +80,9 @@ def _op_breakdown(logdir):
             for line in plane.lines:
                 for event in line.events:
                     match = KERNEL_EVENT.match(plane.event_metadata[event.metadata_id].name)
-                    if match:
-                        totals[_category(match["name"], match["type"])] += event.duration_ps
+                    category = match and _category(match["name"], match["type"])
+                    if category:
+                        totals[category] += event.duration_ps
     whole = sum(totals.values())
     if not whole:
         return {"unavailable": "the profiler trace held no kernel events"}

@@ -34,8 +34,25 @@ TRAIN_SIZE = 60000
 # The job's settings, chosen on the validation split (5,000 training images held out with a
 # fixed seed; `simclrv2 run --validation`), never on the test images: docs/main_job.md shows
 # the validation runs behind each choice (benchmarks/tune_main_job.py reruns them).
-DEFAULTS = dict(image_size=16, steps=260, finetune_steps=(80, 160), distill_steps=200)
-QUICK = dict(steps=6, finetune_steps=(4, 4), distill_steps=4)
+DEFAULTS = dict(width=0.5, image_size=28, steps=300, finetune_steps=(100, 200), distill_steps=300)
+# --quick: a smoke run of every stage and output on a small network at a small size.
+QUICK = dict(width=0.25, image_size=16, steps=6, finetune_steps=(4, 4), distill_steps=4)
+STEP_OPTIONS = ("steps", "finetune_steps", "distill_steps")
+# The job's budget: minutes of stage time. DEFAULTS' step counts fill it on the reference host
+# (REFERENCE, measured there with the default options: seconds per pretraining step, and the
+# stage time that does not depend on the step counts); elsewhere the step counts not given on
+# the command line are scaled from a probe of the pretraining step (see size_steps).
+BUDGET_MINUTES = 9.0
+# Measured 2026-12-02 on a 2-core Sapphire Rapids VM (bfloat16 under auto): the probe's step, and
+# the split of the validation run of DEFAULTS (runs/val28_w05, 552 s) plus the export's ~8 s.
+REFERENCE = dict(pretrain_step_s=0.665, fixed_s=175.0, stepped_s=384.0)
+PROBE_STEPS = 6
+# Never scale the plan below a quarter of DEFAULTS (the figures would mean little) or above
+# twice (beyond what the settings were chosen for).
+SCALE_RANGE = (0.25, 2.0)
+# Within this fraction of the defaults they are kept as they are: the probe's few steps vary
+# by a few percent from run to run, and the reference host should run the validated plan.
+KEEP_DEFAULTS_WITHIN = 0.1
 # Recipe values per kind of stage run (benchmarks/semi_supervised.py uses them too).
 PRETRAIN = dict(global_batch_size=128, optimizer="lars", learning_rate=0.2,
                 learning_rate_scaling="sqrt", warmup_epochs=0.05, weight_decay=1e-6,
@@ -86,23 +103,31 @@ def parse_args(argv):
                         help="train on 55,000 training images and report top-1 on the other "
                              "5,000 (held out with a fixed seed) instead of the test split: how "
                              "the job's settings were chosen; no export")
-    parser.add_argument("--width", type=float, default=0.25,
-                        help="ResNet-18 width multiplier of the teacher (default 0.25)")
+    parser.add_argument("--width", type=float, default=None,
+                        help=f"ResNet-18 width multiplier of the teacher (default "
+                             f"{DEFAULTS['width']:g}, --quick {QUICK['width']:g})")
     parser.add_argument("--student-width", type=float, default=None,
                         help="the distilled student's width (default: half of --width)")
+    parser.add_argument("--budget-minutes", type=float, default=BUDGET_MINUTES,
+                        help="minutes of stage time the step counts are sized to (default "
+                             f"{BUDGET_MINUTES:g}): a probe of {PROBE_STEPS} pretraining steps "
+                             "times this host, and the step counts not given below are scaled "
+                             "from their defaults to fit; not with --quick")
     parser.add_argument("--steps", type=int, default=None,
-                        help=f"contrastive pretraining steps (default {DEFAULTS['steps']}, "
-                             f"--quick {QUICK['steps']})")
+                        help=f"contrastive pretraining steps (default {DEFAULTS['steps']} on the "
+                             f"reference host, sized to --budget-minutes elsewhere; --quick "
+                             f"{QUICK['steps']})")
     parser.add_argument("--finetune-steps", type=_step_pair, default=None, metavar="N1[,N10]",
                         help="steps of each fine-tuning and from-scratch run on 1%% and on 10%% "
-                             "of the labels (one number: both; default %d,%d, --quick %d)"
+                             "of the labels (one number: both; default %d,%d, sized like "
+                             "--steps; --quick %d)"
                              % (*DEFAULTS["finetune_steps"], QUICK["finetune_steps"][0]))
     parser.add_argument("--distill-steps", type=int, default=None,
-                        help=f"distillation steps (default {DEFAULTS['distill_steps']}, "
-                             f"--quick {QUICK['distill_steps']})")
-    parser.add_argument("--image-size", type=int, default=DEFAULTS["image_size"],
+                        help=f"distillation steps (default {DEFAULTS['distill_steps']}, sized "
+                             f"like --steps; --quick {QUICK['distill_steps']})")
+    parser.add_argument("--image-size", type=int, default=None,
                         help=f"side the 32 px (padded) images are read at (default "
-                             f"{DEFAULTS['image_size']})")
+                             f"{DEFAULTS['image_size']}, --quick {QUICK['image_size']})")
     parser.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE",
                         dest="settings",
                         help="override one recipe value of the stages whose name starts with "
@@ -115,14 +140,19 @@ def parse_args(argv):
                              "e.g. pixels,pretrain,lineareval_100pct when tuning pretraining")
     parser.add_argument("--no-export", action="store_true", help="skip the export stage")
     args = parser.parse_args(argv)
-    preset = QUICK if args.quick else DEFAULTS
-    for name in ("steps", "finetune_steps", "distill_steps"):
+    for name in ("width", "image_size"):
         if getattr(args, name) is None:
-            setattr(args, name, preset[name])
+            setattr(args, name, (QUICK if args.quick else DEFAULTS)[name])
+    if args.quick:  # a fixed smoke plan: nothing is sized
+        for name in STEP_OPTIONS:
+            if getattr(args, name) is None:
+                setattr(args, name, QUICK[name])
     args.student_width = args.student_width or args.width / 2
-    for name in ("steps", "finetune_steps", "distill_steps", "image_size"):
-        if min(_as_tuple(getattr(args, name))) < 1:
+    for name in STEP_OPTIONS + ("image_size",):
+        if getattr(args, name) is not None and min(_as_tuple(getattr(args, name))) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if not args.budget_minutes > 0:
+        parser.error(f"--budget-minutes must be > 0 (got {args.budget_minutes:g})")
     if args.image_size < 8:
         parser.error("--image-size must be >= 8 (the exported model needs 8 px or more)")
     for option, width in (("--width", args.width), ("--student-width", args.student_width)):
@@ -147,7 +177,9 @@ def parse_args(argv):
         args.no_export = True
     if args.only:
         # Checked here, with the other arguments, so that a wrong name writes nothing.
-        known = [name for name, _, _ in plan(argparse.Namespace(**{**vars(args), "only": None}))]
+        known = [name for name, _, _ in plan(argparse.Namespace(**{
+            **vars(args), **{n: DEFAULTS[n] for n in STEP_OPTIONS if getattr(args, n) is None},
+            "only": None}))]
         unknown = sorted(set(args.only.split(",")) - set(known))
         if unknown:
             parser.error(f"--only names unknown stages {unknown}; stages: {', '.join(known)}")
@@ -258,9 +290,105 @@ def _job_identity(args):
                                   if k not in ("run_dir",)}))
 
 
-def check_run_dir(args):
+def step_seconds(metrics_path, skip=2):
+    """Median seconds per step between consecutive logged training steps of a run's
+    metrics.jsonl, after the first `skip` records (tracing); nan when too few were logged."""
+    import numpy as np
+
+    records = [json.loads(line) for line in open(metrics_path) if '"kind": "train"' in line]
+    pairs = [(b["time"] - a["time"]) / (b["step"] - a["step"])
+             for a, b in zip(records[skip:], records[skip + 1:]) if b["step"] > a["step"]]
+    return float(np.median(pairs)) if pairs else float("nan")
+
+
+def probe_pretrain_step(args):
+    """Seconds per pretraining step with the job's settings on this host: PROBE_STEPS steps of
+    the pretraining stage in a temporary directory (removed after)."""
+    import shutil
+    import tempfile
+
+    print(f"simclrv2 run: timing {PROBE_STEPS} pretraining steps to size the job to "
+          f"{args.budget_minutes:g} minutes of stage time", flush=True)
+    probe_dir = tempfile.mkdtemp(prefix="simclrv2_probe_")
+    try:
+        probe = argparse.Namespace(**{**vars(args), "steps": PROBE_STEPS, "only": "pretrain",
+                                      "run_dir": probe_dir, "settings": args.settings,
+                                      **{n: DEFAULTS[n] for n in STEP_OPTIONS
+                                         if n != "steps"}})
+        [(_, kind, overrides)] = plan(probe)
+        overrides.update(log_steps=1, checkpoint_steps=10 ** 6, progress_bar=False,
+                         knn_bank_size=500, num_eval_examples=500)
+        run_stage(kind, overrides)
+        seconds = step_seconds(pathlib.Path(probe_dir) / "pretrain" / "metrics.jsonl")
+    finally:
+        shutil.rmtree(probe_dir, ignore_errors=True)
+        import keras
+        keras.backend.clear_session()
+    if not seconds > 0:
+        raise errors.UsageError("the probe of the pretraining step logged too few steps to time; "
+                                "give --steps, --finetune-steps and --distill-steps instead")
+    return seconds
+
+
+def _scaled_steps(value, scale):
+    return tuple(max(1, round(v * scale)) for v in value) if isinstance(value, tuple) \
+        else max(1, round(value * scale))
+
+
+def size_steps(args, probe=probe_pretrain_step):
+    """Fills the step counts left unset for args.budget_minutes of stage time on this host and
+    returns how (kept in job.json), or None when every step count was given. The stage time is
+    modelled as REFERENCE's, slowed by the probed pretraining step over the reference one: the
+    fixed part as it comes, the part in steps scaled with DEFAULTS' step counts. A run directory
+    that holds a sized run keeps its plan, so that resuming does not re-plan."""
+    unset = [name for name in STEP_OPTIONS if getattr(args, name) is None]
+    if not unset:
+        return None
+    previous = _read_json(pathlib.Path(args.run_dir) / "job.json") or {}
+    sizing = previous.get("sizing")
+    if sizing and sizing.get("budget_minutes") == args.budget_minutes \
+            and sorted(sizing.get("sized", [])) == sorted(unset):
+        for name in unset:
+            value = previous["options"][name]
+            setattr(args, name, tuple(value) if isinstance(value, list) else value)
+        return sizing
+    started = time.time()
+    step_s = probe(args)
+    probe_wall = time.time() - started
+    slower = step_s / REFERENCE["pretrain_step_s"]
+    fitted = ((args.budget_minutes * 60 - REFERENCE["fixed_s"] * slower)
+              / (REFERENCE["stepped_s"] * slower))
+    scale = min(max(fitted, SCALE_RANGE[0]), SCALE_RANGE[1])
+    if abs(scale - 1.0) <= KEEP_DEFAULTS_WITHIN:
+        scale = 1.0
+    for name in unset:
+        setattr(args, name, _scaled_steps(DEFAULTS[name], scale))
+    return {"budget_minutes": args.budget_minutes, "probe_pretrain_step_s": round(step_s, 4),
+            "reference": REFERENCE, "scale": round(scale, 3), "fitted_scale": round(fitted, 3),
+            "sized": unset, "probe_wall_s": round(probe_wall, 1)}
+
+
+def describe_sizing(sizing, args):
+    if sizing is None:
+        return None
+    clamp = ""
+    if not SCALE_RANGE[0] <= sizing["fitted_scale"] <= SCALE_RANGE[1]:
+        clamp = (f" (the budget asks for x{sizing['fitted_scale']:.2f}; kept within "
+                 f"{SCALE_RANGE[0]:g}-{SCALE_RANGE[1]:g}x, so the job runs "
+                 f"{'over' if sizing['fitted_scale'] < 1 else 'under'} its budget)")
+    elif sizing["scale"] == 1.0 and sizing["fitted_scale"] != 1.0:
+        clamp = f" (the budget asks for x{sizing['fitted_scale']:.2f}: close enough)"
+    return (f"budget {sizing['budget_minutes']:g} min: a pretraining step takes "
+            f"{sizing['probe_pretrain_step_s']:.3f} s here "
+            f"({sizing['reference']['pretrain_step_s']:.3f} s on the reference host), so the "
+            f"default step counts are scaled x{sizing['scale']:.2f}{clamp}: pretraining "
+            f"{args.steps}, fine-tuning {args.finetune_steps[0]} (1%) / {args.finetune_steps[1]} "
+            f"(10%), distillation {args.distill_steps}")
+
+
+def check_run_dir(args, sizing=None):
     """Refuses a run directory that holds a run with other settings (reusing its stages would
-    mix results); writes job.json for a new one."""
+    mix results); writes job.json for a new one (with how its step counts were sized)."""
     run = pathlib.Path(args.run_dir)
     run.mkdir(parents=True, exist_ok=True)
     identity = _job_identity(args)
@@ -271,7 +399,8 @@ def check_run_dir(args):
         raise errors.UsageError(f"{run} holds a run with other options ({', '.join(changed)} "
                                 f"differ); use another --run-dir or delete {run}")
     if previous is None:
-        write_json(run / "job.json", {"options": identity, "stage_wall_s": {}})
+        write_json(run / "job.json", {"options": identity, "stage_wall_s": {},
+                                      "sizing": sizing})
 
 
 def _add_wall(run, stage, seconds):
@@ -519,7 +648,10 @@ def main(argv=None):
     except RuntimeError:
         pass
     check_data(args)  # before the run directory: a missing dataset leaves nothing behind
-    check_run_dir(args)
+    sizing = size_steps(args)
+    check_run_dir(args, sizing)
+    if sizing is not None:
+        print(describe_sizing(sizing, args))
 
     stages = plan(args)
     total = len(stages) + (0 if args.no_export else 1)
@@ -582,6 +714,7 @@ def main(argv=None):
         print(f"training precision: {precision['policy']} ({precision['requested']}: "
               f"{precision['reason']})")
     results = {"rows": rows, "options": job["options"], "stage_wall_s": job["stage_wall_s"],
+               "sizing": job.get("sizing"),
                "training_precision": precision,
                "total_stage_wall_s": round(sum(job["stage_wall_s"].values()), 1),
                "this_invocation_wall_s": round(time.time() - started, 1),

@@ -117,7 +117,8 @@ def test_aims_are_judged_as_stated():
 def test_validation_option_and_settings_reach_every_stage():
     from simclrv2.main_job import parse_args, plan
 
-    stages = plan(parse_args(["--validation", "--finetune-steps", "100,300",
+    stages = plan(parse_args(["--validation", "--finetune-steps", "100,300", "--steps", "20",
+                              "--distill-steps", "10",
                               "--set", "pretrain.temperature=0.5", "--set", "scratch.learning_rate=0.1"]))
     assert all(o["eval_split"] == "validation" for _, kind, o in stages)
     by_name = {name: o for name, _, o in stages}
@@ -130,7 +131,7 @@ def test_validation_option_and_settings_reach_every_stage():
     # The baselines are the fine-tuned network and subsets, from random weights.
     for pct in (1, 10):
         ft, sc = by_name[f"finetune_{pct}pct"], by_name[f"scratch_{pct}pct"]
-        assert sc["model"] == "r18_0.25x_sk0" and "checkpoint" not in sc
+        assert sc["model"] == "r18_0.5x_sk0" and "checkpoint" not in sc
         assert (sc["label_fraction"], sc["ft_proj_selector"]) == (ft["label_fraction"],
                                                                   ft["ft_proj_selector"])
     assert parse_args(["--validation"]).no_export
@@ -141,3 +142,79 @@ def test_missing_data_says_what_to_install(tmp_path):
                    str(tmp_path / "no-such-dir"), timeout=300)
     assert proc.returncode != 0
     assert "apt-get install dataset-fashion-mnist" in proc.stderr
+
+
+def _sized(argv, step_s, run_dir):
+    """size_steps with a stand-in probe that reports `step_s` (None: the probe must not run)."""
+    from simclrv2.main_job import parse_args, size_steps
+
+    args = parse_args(["--run-dir", str(run_dir), *argv])
+
+    def probe(_):
+        assert step_s is not None, "the plan was re-probed"
+        return step_s
+
+    return args, size_steps(args, probe=probe)
+
+
+def test_step_counts_are_sized_to_the_budget_from_the_probe(tmp_path):
+    from simclrv2.main_job import DEFAULTS, KEEP_DEFAULTS_WITHIN, REFERENCE, SCALE_RANGE
+
+    # The reference host's speed and the default budget give the defaults themselves.
+    args, sizing = _sized([], REFERENCE["pretrain_step_s"], tmp_path / "a")
+    fitted = (9 * 60 - REFERENCE["fixed_s"]) / REFERENCE["stepped_s"]
+    assert sizing["fitted_scale"] == pytest.approx(fitted, abs=1e-3)
+    assert abs(fitted - 1) <= KEEP_DEFAULTS_WITHIN and sizing["scale"] == 1.0
+    assert (args.steps, args.finetune_steps, args.distill_steps) == (
+        DEFAULTS["steps"], DEFAULTS["finetune_steps"], DEFAULTS["distill_steps"])
+    # A host 1.5x as slow: the fixed part grows as much, the stepped part shrinks to fit.
+    args, sizing = _sized([], 1.5 * REFERENCE["pretrain_step_s"], tmp_path / "b")
+    scale = (9 * 60 - 1.5 * REFERENCE["fixed_s"]) / (1.5 * REFERENCE["stepped_s"])
+    assert SCALE_RANGE[0] < scale < 1 - KEEP_DEFAULTS_WITHIN
+    assert sizing["scale"] == pytest.approx(scale, abs=1e-3)
+    assert args.steps == round(DEFAULTS["steps"] * scale)
+    assert args.finetune_steps == tuple(round(n * scale) for n in DEFAULTS["finetune_steps"])
+    assert args.distill_steps == round(DEFAULTS["distill_steps"] * scale)
+    # A budget a slow host cannot fill is clamped, and says so.
+    args, sizing = _sized(["--budget-minutes", "1"], 20 * REFERENCE["pretrain_step_s"],
+                          tmp_path / "c")
+    assert sizing["scale"] == SCALE_RANGE[0] and sizing["fitted_scale"] < SCALE_RANGE[0]
+    from simclrv2.main_job import describe_sizing
+    assert "runs over its budget" in describe_sizing(sizing, args)
+    # What is given on the command line is kept; only the rest is sized.
+    args, sizing = _sized(["--steps", "7", "--budget-minutes", "18"],
+                          REFERENCE["pretrain_step_s"], tmp_path / "d")
+    assert args.steps == 7 and sizing["sized"] == ["finetune_steps", "distill_steps"]
+    assert args.distill_steps > DEFAULTS["distill_steps"]
+    # Everything given (or --quick): no probe, no sizing.
+    assert _sized(["--steps", "5", "--finetune-steps", "3", "--distill-steps", "2"], None,
+                  tmp_path / "e")[1] is None
+    assert _sized(["--quick"], None, tmp_path / "f")[1] is None
+
+
+def test_a_resumed_run_keeps_its_sized_plan(tmp_path):
+    from simclrv2.main_job import REFERENCE, check_run_dir, describe_sizing
+
+    run_dir = tmp_path / "run"
+    args, sizing = _sized([], 3 * REFERENCE["pretrain_step_s"], run_dir)
+    check_run_dir(args, sizing)
+    assert "scaled x" in describe_sizing(sizing, args)
+    job = json.loads((run_dir / "job.json").read_text())
+    assert job["sizing"] == json.loads(json.dumps(sizing))
+    # Run again (same command): the plan comes from job.json, not from a new probe.
+    again, sizing_again = _sized([], None, run_dir)
+    assert (again.steps, again.finetune_steps, again.distill_steps) == (
+        args.steps, args.finetune_steps, args.distill_steps)
+    check_run_dir(again, sizing_again)  # the same options: accepted
+    # Another budget is another run: probed again, then refused for this directory.
+    other, other_sizing = _sized(["--budget-minutes", "5"], REFERENCE["pretrain_step_s"], run_dir)
+    from simclrv2 import errors
+    with pytest.raises(errors.UsageError, match="budget_minutes"):
+        check_run_dir(other, other_sizing)
+
+
+def test_bad_budget_is_refused():
+    from simclrv2.main_job import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--budget-minutes", "0"])

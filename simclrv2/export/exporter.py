@@ -459,10 +459,26 @@ def run_saved_model(saved_model_dir, images, encoded, temperatures):
     return {s: {k: np.asarray(v) for k, v in o.items()} for s, o in got.items()}
 
 
+def onnx_session_options(threads=None):
+    """onnxruntime.SessionOptions for the exported models (what the verification, the benchmark
+    and docs/export.md use): every graph optimisation, `threads` intra-op threads (default: all
+    cores) and one inter-op thread with sequential execution, since the graph is one chain of
+    convolutions."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    options.inter_op_num_threads = 1
+    return options
+
+
 def run_onnx(onnx_path, images):
     import onnxruntime as ort
 
-    session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(onnx_path, onnx_session_options(),
+                                   providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(None, {"images": images})))
 
