@@ -222,6 +222,19 @@ def test_r50_sk_onnx_matches_keras(r50sk):
         assert _rel(got[name], ref[key]) <= TOL, name
 
 
+def test_r50_sk_onnx_graph_has_no_layout_shuffles(r50sk):
+    # The only Transpose is the NHWC input's; the SK gate adds none (stacking its two streams
+    # on a new axis added 3 per SK block), and batch norm is folded into the convolutions.
+    import collections
+
+    import onnx
+
+    _, out, _ = r50sk
+    ops = collections.Counter(n.op_type for n in onnx.load(out / "model.onnx").graph.node)
+    assert ops["Transpose"] == 1 and ops["BatchNormalization"] == 0, ops
+    assert ops["Sigmoid"] == 16 and ops["Softmax"] == 1, ops  # 16 SK gates, the probabilities
+
+
 def test_serving_bytes_on_jpeg_files_matches_eval_pipeline(r18, tmp_path):
     from PIL import Image
 

@@ -218,3 +218,20 @@ def test_bad_budget_is_refused():
 
     with pytest.raises(SystemExit):
         parse_args(["--budget-minutes", "0"])
+
+
+@pytest.mark.skipif(not os.path.exists(FMNIST), reason="apt-get install dataset-fashion-mnist")
+def test_the_probe_times_real_pretraining_steps_and_leaves_nothing(tmp_path, monkeypatch):
+    import tempfile
+
+    from simclrv2.main_job import parse_args, probe_pretrain_step
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the probe's directory goes
+    args = parse_args(["--run-dir", str(tmp_path / "run"), "--width", "0.25",
+                       "--image-size", "16"])
+    seconds = probe_pretrain_step(args)
+    assert 0 < seconds < 60
+    # The probe's directory is gone (TF's autograph leaves its own files in the temp dir), and
+    # it made no run directory.
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("simclrv2_probe_")] == []
+    assert not (tmp_path / "run").exists()

@@ -168,6 +168,27 @@ def test_sk_conv_with_zero_gate_logits_averages_streams():
     assert layer.mid_dim == 32  # max(int(4 * 0.0625), 32)
 
 
+def test_sk_conv_gate_is_the_softmax_over_the_two_streams():
+    # The layer computes the gate as a sigmoid of the logits' difference; the SK paper's (and
+    # upstream's) form is a softmax over the streams stacked on a new axis: the same function.
+    ops = keras.ops
+    layer = zoo.SelectiveKernelConv(filters=4, strides=1, name="sk")
+    x = np.random.default_rng(4).normal(size=(3, 6, 6, 5)).astype(np.float32)
+    layer(x)
+    rng = np.random.default_rng(5)
+    layer.mixing_conv.kernel.assign(rng.normal(0, 3, layer.mixing_conv.kernel.shape)
+                                    .astype(np.float32))
+    streams = ops.relu(layer.bn(layer.conv(x), training=False))
+    a, b = streams[..., :4], streams[..., 4:]
+    gate = layer.mixing_conv(ops.relu(layer.reduce_bn(layer.reduce_conv(
+        ops.mean(a + b, axis=(1, 2), keepdims=True)), training=False)))
+    weights = ops.softmax(ops.stack([gate[..., :4], gate[..., 4:]]), axis=0)
+    expected = weights[0] * a + weights[1] * b
+    assert float(ops.max(ops.abs(weights[0] - 0.5))) > 0.1  # the gate is far from uniform
+    np.testing.assert_allclose(ops.convert_to_numpy(layer(x, training=False)),
+                               ops.convert_to_numpy(expected), rtol=1e-5, atol=1e-6)
+
+
 def test_resnet_d_stride1_pool_averages_valid_pixels_only():
     from simclrv2.zoo.resnet import BottleneckBlock
 

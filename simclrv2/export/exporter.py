@@ -527,16 +527,34 @@ def verify(tmp, formats, model, image_size, temperature, seed=0):
 
 # --------------------------------------------------------------------------- writers
 
+# tf2onnx's switch for its optimizer loop: unset, it deep-copies the whole graph, weights
+# included, before each optimizer it applies (in every round), so that a failing optimizer can
+# be skipped; that copying was 21 s of r50_1x_sk1's 50 s conversion. tf2onnx 1.17 turns the
+# copies off when the variable is set at all (it compares the variable's name, not its value, to
+# "TRUE"); "FALSE" also says so to a tf2onnx that reads the value. An optimizer that fails then
+# fails the export with tf2onnx's error, instead of leaving a graph it did not finish optimizing.
+TF2ONNX_CATCH_ERRORS = ("TF2ONNX_CATCH_ERRORS", "FALSE")
+
+
 def write_onnx(graph, path, metadata):
     import onnx
     import tf2onnx
     from keras.src.export.tf2onnx_lib import patch_tf2onnx
 
     patch_tf2onnx()  # tf2onnx 1.17 still uses numpy<2 names; Keras ships this fix
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        proto, _ = tf2onnx.convert.from_function(
-            graph.onnx_function(), input_signature=[graph.images_spec], opset=ONNX_OPSET)
+    name, value = TF2ONNX_CATCH_ERRORS
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            proto, _ = tf2onnx.convert.from_function(
+                graph.onnx_function(), input_signature=[graph.images_spec], opset=ONNX_OPSET)
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
     # tf2onnx names the batch dimension after the TF tensor (unk__N); a plain name documents it.
     for value in list(proto.graph.input) + list(proto.graph.output):
         dim = value.type.tensor_type.shape.dim
