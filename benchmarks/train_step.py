@@ -36,6 +36,8 @@ PRECISIONS = ("float32", "mixed_bfloat16")
 KERNEL_EVENT = re.compile(r"^(?P<name>[^#:]+):(?P<type>[A-Za-z0-9_]+)(#|$)")
 
 
+# The zoo's batch-norm layers (bn, bn1, reduce_bn, shortcut_bn, ...; TF appends _1, _2 to scopes).
+BN_SCOPE = re.compile(r"\w*bn\d*(_\d+)?")
 # Events that wrap others (a tf.function call, control flow): counting them would count their
 # kernels twice, so only the kernels inside are counted.
 WRAPPER_TYPES = ("StatefulPartitionedCall", "PartitionedCall", "While", "StatelessWhile", "If",
@@ -57,7 +59,9 @@ def _category(name, op_type):
         return "casts"
     if "Conv2D" in kind or "DepthwiseConv" in kind:
         return "convolutions (fwd+bwd)"
-    if "BatchNorm" in kind:
+    # Keras 3 batch norm is built from small ops (moments, scale, shift) in its layer's scope.
+    if "BatchNorm" in kind or any(part in ("moments", "batchnorm") or BN_SCOPE.fullmatch(part)
+                                  for part in name.split("/")):
         return "batch norm (fwd+bwd)"
     if "sk_conv" in name:
         return "SK branch, its other ops"
