@@ -35,3 +35,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip_slow)
+
+
+@pytest.fixture(autouse=True)
+def _keras_default_dtype_policy():
+    """Every test starts under Keras' default float32 policy. A stage run in-process sets the
+    global policy to what `mixed_precision=auto` picks, which is mixed_bfloat16 on a CPU with
+    native bfloat16 (AVX512-BF16, AMX): left behind, it made every later test that builds a model
+    build it in bfloat16 and compare it to 1e-4 (tests/test_precision.py tests the policies)."""
+    import keras
+
+    keras.config.set_dtype_policy("float32")
+    yield
+    keras.config.set_dtype_policy("float32")

@@ -228,7 +228,11 @@ def _load_saved_model(path, image_size):
         from simclrv2.zoo import importer
 
         shape = (image_size, image_size, 3) if image_size else None
-        network, _ = importer.import_saved_model(str(path), input_shape=shape)
+        # In float32 whatever the run's precision: the importer checks the Keras model against
+        # the SavedModel to 1e-4, which a bfloat16 model cannot meet (1e-2: refused). Stages
+        # that train it build their own model under the run's policy and copy these weights.
+        with precision_lib.float32_policy():
+            network, _ = importer.import_saved_model(str(path), input_shape=shape)
         return network
     try:
         loaded = tf.saved_model.load(str(path))
