@@ -542,9 +542,9 @@ def write_onnx(graph, path, metadata):
     from keras.src.export.tf2onnx_lib import patch_tf2onnx
 
     patch_tf2onnx()  # tf2onnx 1.17 still uses numpy<2 names; Keras ships this fix
-    name, value = TF2ONNX_CATCH_ERRORS
-    previous = os.environ.get(name)
-    os.environ[name] = value
+    switch, setting = TF2ONNX_CATCH_ERRORS
+    previous = os.environ.get(switch)
+    os.environ[switch] = setting
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
@@ -552,9 +552,9 @@ def write_onnx(graph, path, metadata):
                 graph.onnx_function(), input_signature=[graph.images_spec], opset=ONNX_OPSET)
     finally:
         if previous is None:
-            os.environ.pop(name, None)
+            os.environ.pop(switch, None)
         else:
-            os.environ[name] = previous
+            os.environ[switch] = previous
     # tf2onnx names the batch dimension after the TF tensor (unk__N); a plain name documents it.
     for value in list(proto.graph.input) + list(proto.graph.output):
         dim = value.type.tensor_type.shape.dim
