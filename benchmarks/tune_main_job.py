@@ -58,6 +58,15 @@ GROUPS = {
                                    "--set", "pretrain.mixed_precision=float32",
                                    "--set", "lineareval.mixed_precision=float32"],
     },
+    # The same comparison on a second pretraining seed.
+    "pretrain_amx28_seed1": {
+        "px28_w0.5_s300_seed1": ["--image-size", "28", "--width", "0.5", "--steps", "300",
+                                 "--set", "pretrain.seed=1"],
+        "px28_w0.5_s300_float32_seed1": ["--image-size", "28", "--width", "0.5", "--steps", "300",
+                                         "--set", "pretrain.seed=1",
+                                         "--set", "pretrain.mixed_precision=float32",
+                                         "--set", "lineareval.mixed_precision=float32"],
+    },
     # Fine-tuning from one pretrained network (--pretrained: the run dir of a full validation
     # run of the job, whose pretrain/ is copied into each variant's run dir).
     "finetune": {
