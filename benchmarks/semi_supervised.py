@@ -138,13 +138,6 @@ def plan_steps(costs, budget_s, widths, seeds):
             "distill": max(MIN_STEPS, int(left * PLAN_SHARES["distill"] / per_distill_step))}
 
 
-def _step_seconds(model_dir):
-    """Median wall time between consecutive logged steps (log_steps=1) of a finished run."""
-    from simclrv2.main_job import step_seconds
-
-    return step_seconds(pathlib.Path(model_dir) / "metrics.jsonl")
-
-
 class Runner:
     def __init__(self, args, work):
         from simclrv2 import main_job
@@ -196,6 +189,8 @@ class Runner:
 
 def calibrate(runner, widths):
     """Step costs and fixed costs measured with a few steps of each kind of stage run."""
+    from simclrv2.main_job import step_seconds
+
     n, costs, fixed = CALIBRATION_STEPS, {}, []
     quick = dict(log_steps=1, num_eval_examples=500)
 
@@ -203,7 +198,7 @@ def calibrate(runner, widths):
         started = time.time()
         function(*a, **kw)
         name = a[0]
-        costs[key] = _step_seconds(runner.work / name)
+        costs[key] = step_seconds(runner.work / name / "metrics.jsonl")
         fixed.append(time.time() - started - n * costs[key])
 
     for w in widths:

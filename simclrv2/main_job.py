@@ -177,9 +177,7 @@ def parse_args(argv):
         args.no_export = True
     if args.only:
         # Checked here, with the other arguments, so that a wrong name writes nothing.
-        known = [name for name, _, _ in plan(argparse.Namespace(**{
-            **vars(args), **{n: DEFAULTS[n] for n in STEP_OPTIONS if getattr(args, n) is None},
-            "only": None}))]
+        known = [name for name, _, _ in plan(_with_default_steps(args, only=None))]
         unknown = sorted(set(args.only.split(",")) - set(known))
         if unknown:
             parser.error(f"--only names unknown stages {unknown}; stages: {', '.join(known)}")
@@ -187,6 +185,13 @@ def parse_args(argv):
 
 
 SETTABLE = ("pretrain", "lineareval", "finetune", "scratch", "distill", "student")
+
+
+def _with_default_steps(args, **changes):
+    """A copy of args for plan() before the step counts are sized: those still unset take
+    DEFAULTS' values; `changes` replace others."""
+    unset = {n: DEFAULTS[n] for n in STEP_OPTIONS if getattr(args, n) is None}
+    return argparse.Namespace(**{**vars(args), **unset, **changes})
 
 
 def _arch(width):
@@ -311,11 +316,8 @@ def probe_pretrain_step(args):
           f"{args.budget_minutes:g} minutes of stage time", flush=True)
     probe_dir = tempfile.mkdtemp(prefix="simclrv2_probe_")
     try:
-        probe = argparse.Namespace(**{**vars(args), "steps": PROBE_STEPS, "only": "pretrain",
-                                      "run_dir": probe_dir, "settings": args.settings,
-                                      **{n: DEFAULTS[n] for n in STEP_OPTIONS
-                                         if n != "steps"}})
-        [(_, kind, overrides)] = plan(probe)
+        [(_, kind, overrides)] = plan(_with_default_steps(
+            args, steps=PROBE_STEPS, only="pretrain", run_dir=probe_dir))
         overrides.update(log_steps=1, checkpoint_steps=10 ** 6, progress_bar=False,
                          knn_bank_size=500, num_eval_examples=500)
         run_stage(kind, overrides)
@@ -369,8 +371,7 @@ def size_steps(args, probe=probe_pretrain_step):
 
 
 def describe_sizing(sizing, args):
-    if sizing is None:
-        return None
+    """The line the job prints about how size_steps sized it."""
     clamp = ""
     if not SCALE_RANGE[0] <= sizing["fitted_scale"] <= SCALE_RANGE[1]:
         clamp = (f" (the budget asks for x{sizing['fitted_scale']:.2f}; kept within "

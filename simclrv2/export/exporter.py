@@ -542,19 +542,12 @@ def write_onnx(graph, path, metadata):
     from keras.src.export.tf2onnx_lib import patch_tf2onnx
 
     patch_tf2onnx()  # tf2onnx 1.17 still uses numpy<2 names; Keras ships this fix
-    switch, setting = TF2ONNX_CATCH_ERRORS
-    previous = os.environ.get(switch)
-    os.environ[switch] = setting
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            proto, _ = tf2onnx.convert.from_function(
-                graph.onnx_function(), input_signature=[graph.images_spec], opset=ONNX_OPSET)
-    finally:
-        if previous is None:
-            os.environ.pop(switch, None)
-        else:
-            os.environ[switch] = previous
+    from unittest import mock
+
+    with mock.patch.dict(os.environ, dict([TF2ONNX_CATCH_ERRORS])), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        proto, _ = tf2onnx.convert.from_function(
+            graph.onnx_function(), input_signature=[graph.images_spec], opset=ONNX_OPSET)
     # tf2onnx names the batch dimension after the TF tensor (unk__N); a plain name documents it.
     for value in list(proto.graph.input) + list(proto.graph.output):
         dim = value.type.tensor_type.shape.dim
