@@ -56,7 +56,8 @@ class SelectiveKernelConv(keras.layers.Layer):
         # layout changes around every SK block (49 transposes in r50_1x_sk1; its conversion
         # took 58.7 s with them, 49.7 s without).
         weight_a = ops.sigmoid(gate[..., :self.filters] - gate[..., self.filters:])
-        return weight_a * stream_a + (1.0 - weight_a) * stream_b
+        # weight_a * a + (1 - weight_a) * b, with one product of full-size tensors instead of two.
+        return stream_b + weight_a * (stream_a - stream_b)
 
     def compute_output_shape(self, input_shape):
         shape = self.conv.compute_output_shape(input_shape)
