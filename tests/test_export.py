@@ -235,6 +235,20 @@ def test_r50_sk_onnx_graph_has_no_layout_shuffles(r50sk):
     assert ops["Sigmoid"] == 16 and ops["Softmax"] == 1, ops  # 16 SK gates, the probabilities
 
 
+def test_r50_sk_onnx_keeps_the_batch_symbol_through_every_tensor(r50sk):
+    # onnxruntime folds a residual Add and its Relu into the convolution only when it can prove
+    # both inputs have one shape; an anonymous batch dimension after each SK gate prevented it.
+    import onnx
+
+    _, out, _ = r50sk
+    inferred = onnx.shape_inference.infer_shapes(onnx.load(out / "model.onnx"))
+    batch_dims = {v.name: v.type.tensor_type.shape.dim[0] for v in inferred.graph.value_info
+                  if v.type.tensor_type.HasField("shape") and v.type.tensor_type.shape.dim}
+    assert len(batch_dims) > 200
+    lost = [name for name, dim in batch_dims.items() if dim.dim_param != "batch"]
+    assert not lost, lost[:5]
+
+
 def test_serving_bytes_on_jpeg_files_matches_eval_pipeline(r18, tmp_path):
     from PIL import Image
 

@@ -541,6 +541,8 @@ def write_onnx(graph, path, metadata):
     import tf2onnx
     from keras.src.export.tf2onnx_lib import patch_tf2onnx
 
+    from simclrv2.export.onnx_graph import keep_batch_in_reshapes
+
     patch_tf2onnx()  # tf2onnx 1.17 still uses numpy<2 names; Keras ships this fix
     from unittest import mock
 
@@ -553,6 +555,7 @@ def write_onnx(graph, path, metadata):
         dim = value.type.tensor_type.shape.dim
         if dim and not dim[0].HasField("dim_value"):
             dim[0].dim_param = "batch"
+    keep_batch_in_reshapes(proto)  # after naming the batch: it carries that name through
     onnx.helper.set_model_props(proto, {k: str(v) for k, v in metadata.items()})
     onnx.checker.check_model(proto)
     onnx.save(proto, path)
