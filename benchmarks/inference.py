@@ -9,7 +9,8 @@ Prints the export wall time, images/s of Keras `predict_on_batch`, the SavedMode
 int8 quantization; `--no-int8` skips it), and the ratios ORT / SavedModel and int8 / float ORT.
 Weights are random (the speed does not depend on them; the int8 model is calibrated on random
 images and its accuracy gate is off, since random weights have no accuracy to keep). Each runtime gets `--warmup` untimed
-calls, then the median of `--repeats` timed rounds of `--iters` calls.
+calls; then `--repeats` rounds, each timing `--iters` calls of every runtime in turn (after one
+untimed call), and the median round per runtime is printed.
 """
 
 import argparse
@@ -23,16 +24,22 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 
-def _rate(fn, batch, warmup, iters, repeats):
-    for _ in range(warmup):
-        fn()
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(iters):
+def _rates(fns, batch, warmup, iters, repeats):
+    """{name: images/s}, the median over `repeats` rounds; each round times every runtime once,
+    one after another, so a slower or busier stretch of the host falls on all of them alike
+    instead of on whichever runtime was being timed then."""
+    for fn in fns.values():
+        for _ in range(warmup):
             fn()
-        rates.append(batch * iters / (time.perf_counter() - start))
-    return statistics.median(rates)
+    rates = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            fn()  # one untimed call: what the runtime before it left (threads, caches) settles
+            start = time.perf_counter()
+            for _ in range(iters):
+                fn()
+            rates[name].append(batch * iters / (time.perf_counter() - start))
+    return {name: statistics.median(r) for name, r in rates.items()}
 
 
 def main(argv=None):
@@ -45,14 +52,14 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=0,
                    help="intra-op threads for TF and ORT (0: all cores)")
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--iters", type=int, default=None)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--iters", type=int, default=None,
+                   help="calls per round (default: 32 images' worth, at least 4 calls)")
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", default=None, help="export directory (default: a temporary one)")
     p.add_argument("--no-int8", action="store_true", help="skip the int8 ONNX model")
     args = p.parse_args(argv)
     name = args.model or ("r50_0.25x_sk1" if args.quick else "r50_1x_sk1")
     size = args.image_size or (128 if args.quick else 224)
-    iters = args.iters or (5 if args.quick else 4)
     try:
         batches = [int(b) for b in str(args.batch).split(",")]
     except ValueError:
@@ -109,23 +116,24 @@ def main(argv=None):
         x = np.random.default_rng(0).uniform(0, 1, (batch, size, size, 3)).astype(np.float32)
         xt = tf.constant(x)
 
-        def rate(fn):
-            return _rate(fn, batch, args.warmup, iters, args.repeats)
-
-        keras_rate = rate(lambda: classifier.predict_on_batch(x))
-        sm_rate = rate(lambda: serving(images=xt)["logits"].numpy())
-        ort_rate = rate(lambda: session.run(["logits"], {"images": x}))
+        fns = {"keras": lambda: classifier.predict_on_batch(x),
+               "saved_model": lambda: serving(images=xt)["logits"].numpy(),
+               "ort": lambda: session.run(["logits"], {"images": x})}
+        if int8 is not None:
+            fns["int8"] = lambda: int8.run(["logits"], {"images": x})
+        iters = args.iters or max(4, 32 // batch)  # batch 1's 50 ms calls: 4 were too few
+        rates = _rates(fns, batch, args.warmup, iters, args.repeats)
+        sm_rate, ort_rate = rates["saved_model"], rates["ort"]
         print(f"batch {batch}:")
-        print(f"  keras predict_on_batch : {keras_rate:8.1f} images/s")
+        print(f"  keras predict_on_batch : {rates['keras']:8.1f} images/s")
         print(f"  SavedModel serving     : {sm_rate:8.1f} images/s "
               f"({1000 * batch / sm_rate:.0f} ms per batch)")
         print(f"  onnxruntime            : {ort_rate:8.1f} images/s "
               f"({1000 * batch / ort_rate:.0f} ms per batch)")
         print(f"  ratio ORT / SavedModel : {ort_rate / sm_rate:.2f}x")
         if int8 is not None:
-            int8_rate = rate(lambda: int8.run(["logits"], {"images": x}))
-            print(f"  onnxruntime int8       : {int8_rate:8.1f} images/s")
-            print(f"  ratio int8 / float ORT : {int8_rate / ort_rate:.2f}x")
+            print(f"  onnxruntime int8       : {rates['int8']:8.1f} images/s")
+            print(f"  ratio int8 / float ORT : {rates['int8'] / ort_rate:.2f}x")
     if tmp is not None:
         tmp.cleanup()
     return 0
