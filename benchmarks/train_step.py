@@ -4,10 +4,12 @@ where the step's time goes.
     python benchmarks/train_step.py            # configs A, B, C (minutes on 2 CPU cores)
     python benchmarks/train_step.py --quick    # small stand-ins of A and B, about a minute
     python benchmarks/train_step.py --configs A --precisions float32
+    python benchmarks/train_step.py --batch-norm both   # and Keras's batch norm, with the ratio
 
 Configs (issue 15's table): A r18_1x_sk0, CIFAR stem, 32 px, 128 pairs; B r50_1x_sk1, 224 px,
 8 pairs; C r50_1x_sk0, 224 px, 8 pairs. The step is the recipe's: model forward in training
-mode, NT-Xent (float32), LARS. Each (config, precision) runs in a fresh process, so its peak RSS
+mode (batch norm through the fused kernel, simclrv2/recipes/fused_batch_norm.py, unless
+`--batch-norm keras`), NT-Xent (float32), LARS. Each (config, precision, batch norm) runs in a fresh process, so its peak RSS
 is its own. Per run it prints pairs/s, the supervised step for comparison, and a breakdown by
 phase (forward, backward, LARS update; the contrastive loss timed alone) measured by timing each
 phase's own tf.function, and the shares of kernel time from a TF profiler trace of 3 steps
@@ -93,7 +95,7 @@ def _op_breakdown(logdir):
     return {k: round(v / whole, 3) for k, v in totals.most_common()}
 
 
-def _one(model_name, image_size, batch, policy, steps, warmup, threads):
+def _one(model_name, image_size, batch, policy, steps, warmup, threads, batch_norm="fused"):
     """Measures one (model, precision) in this process; returns its figures."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
@@ -108,6 +110,10 @@ def _one(model_name, image_size, batch, policy, steps, warmup, threads):
 
     model = zoo.build(model_name, num_classes=10, input_shape=(image_size, image_size, 3),
                       ft_proj_selector=0)
+    if batch_norm == "fused":  # what the recipes train with (fused_batch_norm=true)
+        from simclrv2.recipes import fused_batch_norm
+
+        fused_batch_norm.fuse(model)
     opt = optim.LARS(0.1, weight_decay_rate=1e-6)
     variables = model.trainable_variables
     opt.build(variables)
@@ -173,6 +179,7 @@ def _one(model_name, image_size, batch, policy, steps, warmup, threads):
         ops = _op_breakdown(logdir)
     return {
         "model": model_name, "image_size": image_size, "pairs": batch, "precision": policy,
+        "batch_norm": batch_norm,
         "pairs_per_s": round(batch / t_step, 2), "step_s": round(t_step, 4),
         "supervised_step_s": round(t_sup, 4), "pretrain_over_supervised": round(t_step / t_sup, 3),
         "breakdown_s": {"forward (incl. loss)": round(t_fwd, 4),
@@ -192,40 +199,54 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=0, help="timed steps (default 10, quick 3)")
     parser.add_argument("--threads", type=int, default=2,
                         help="intra-op threads (0 = TF's choice; 2 measured best on 2 cores)")
+    parser.add_argument("--batch-norm", default="fused", choices=("fused", "keras", "both"),
+                        help="the recipes' fused batch norm, Keras's own call, or both (and "
+                             "their ratio)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     steps = args.steps or (3 if args.quick else 10)
     warmup = 1 if args.quick else 3
     if args.child:
-        name, size, batch, policy = json.loads(args.child)
-        print(json.dumps(_one(name, size, batch, policy, steps, warmup, args.threads)))
+        name, size, batch, policy, batch_norm = json.loads(args.child)
+        print(json.dumps(_one(name, size, batch, policy, steps, warmup, args.threads,
+                              batch_norm)))
         return 0
 
     from simclrv2 import precision
 
     table = QUICK if args.quick else CONFIGS
     results = {}
+    norms = ("keras", "fused") if args.batch_norm == "both" else (args.batch_norm,)
     for key in args.configs.split(","):
         name, size, batch = table[key]
         for policy in args.precisions.split(","):
-            child = json.dumps([name, size, batch, policy])
-            proc = subprocess.run(
-                [sys.executable, __file__, "--child", child, "--steps", str(steps),
-                 "--threads", str(args.threads)] + (["--quick"] if args.quick else []),
-                capture_output=True, text=True)
-            if proc.returncode:
-                print(proc.stderr[-3000:], file=sys.stderr)
-                return proc.returncode
-            result = json.loads(proc.stdout.strip().splitlines()[-1])
-            results[key, policy] = result
-            print(f"{key} {json.dumps(result)}", flush=True)
+            for norm in norms:
+                child = json.dumps([name, size, batch, policy, norm])
+                proc = subprocess.run(
+                    [sys.executable, __file__, "--child", child, "--steps", str(steps),
+                     "--threads", str(args.threads)] + (["--quick"] if args.quick else []),
+                    capture_output=True, text=True)
+                if proc.returncode:
+                    print(proc.stderr[-3000:], file=sys.stderr)
+                    return proc.returncode
+                result = json.loads(proc.stdout.strip().splitlines()[-1])
+                results[key, policy, norm] = result
+                print(f"{key} {json.dumps(result)}", flush=True)
     for key in args.configs.split(","):
-        if (key, "float32") in results and (key, "mixed_bfloat16") in results:
-            f32, bf16 = results[key, "float32"], results[key, "mixed_bfloat16"]
-            print(f"{key} {f32['model']} {f32['image_size']} px x{f32['pairs']}: float32 "
-                  f"{f32['pairs_per_s']} pairs/s ({f32['peak_rss_gib']} GiB), mixed_bfloat16 "
-                  f"{bf16['pairs_per_s']} pairs/s ({bf16['peak_rss_gib']} GiB): bfloat16 / "
-                  f"float32 = {bf16['pairs_per_s'] / f32['pairs_per_s']:.2f}x")
+        for norm in norms:
+            if (key, "float32", norm) in results and (key, "mixed_bfloat16", norm) in results:
+                f32, bf16 = results[key, "float32", norm], results[key, "mixed_bfloat16", norm]
+                print(f"{key} {f32['model']} {f32['image_size']} px x{f32['pairs']}, {norm} "
+                      f"batch norm: float32 {f32['pairs_per_s']} pairs/s "
+                      f"({f32['peak_rss_gib']} GiB), mixed_bfloat16 {bf16['pairs_per_s']} "
+                      f"pairs/s ({bf16['peak_rss_gib']} GiB): bfloat16 / float32 = "
+                      f"{bf16['pairs_per_s'] / f32['pairs_per_s']:.2f}x")
+        for policy in args.precisions.split(","):
+            if (key, policy, "keras") in results and (key, policy, "fused") in results:
+                keras_bn, fused = results[key, policy, "keras"], results[key, policy, "fused"]
+                print(f"{key} {policy}: fused / Keras batch norm = "
+                      f"{fused['pairs_per_s'] / keras_bn['pairs_per_s']:.2f}x "
+                      f"({fused['pairs_per_s']} against {keras_bn['pairs_per_s']} pairs/s)")
     print(precision.resolve("auto").describe() + " <- what `auto` trains in on this machine")
     return 0
 

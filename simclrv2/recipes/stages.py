@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from simclrv2 import precision as precision_lib
-from simclrv2.recipes import data_io, engine, objectives, optim
+from simclrv2.recipes import data_io, engine, fused_batch_norm, objectives, optim
 from simclrv2.atomic_files import write_json
 from simclrv2.recipes.config import ConfigError, to_dict
 
@@ -358,6 +358,11 @@ def _sync_bn(config, strategy):
     return bool(config.global_bn)
 
 
+def _fuse_batch_norm(config, model):
+    if config.fused_batch_norm:
+        fused_batch_norm.fuse(model)
+
+
 # ---------------------------------------------------------------------------------------------
 # stage 1
 
@@ -387,6 +392,7 @@ def pretrain(config) -> dict:
             input_shape=(config.image_size, config.image_size, 3),
             num_proj_layers=config.num_proj_layers, proj_out_dim=config.proj_out_dim,
             ft_proj_selector=config.ft_proj_selector, sync_batch_norm=_sync_bn(config, strategy))
+        _fuse_batch_norm(config, model)
         optimizer = _optimizer(config, schedule, model.trainable_variables)
     _record_run(model_dir, "pretrain", config, _model_config_dict(model), chief)
 
@@ -545,6 +551,7 @@ def finetune(config) -> dict:
             for variable in model.get_layer("head_supervised").weights:
                 variable.assign(tf.zeros_like(variable))
         _freeze(model, config.fine_tune_after_block)
+        _fuse_batch_norm(config, model)
     return _supervised_run(config, "finetune", model, strategy, model_dir, train, num_classes,
                            started)
 
@@ -679,6 +686,7 @@ def distill(config) -> dict:
                             ft_proj_selector=1 if config.student_proj_head else 0,
                             input_shape=(config.image_size, config.image_size, 3),
                             sync_batch_norm=_sync_bn(config, strategy))
+        _fuse_batch_norm(config, student)
     schedule, total = _schedule(config, config.num_train_examples or len(train))
     with strategy.scope():
         optimizer = _optimizer(config, schedule, student.trainable_variables)
