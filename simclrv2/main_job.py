@@ -119,9 +119,9 @@ def parse_args(argv):
                              f"{QUICK['steps']})")
     parser.add_argument("--finetune-steps", type=_step_pair, default=None, metavar="N1[,N10]",
                         help="steps of each fine-tuning and from-scratch run on 1%% and on 10%% "
-                             "of the labels (one number: both; default %d,%d, sized like "
-                             "--steps; --quick %d)"
-                             % (*DEFAULTS["finetune_steps"], QUICK["finetune_steps"][0]))
+                             "of the labels (one number: both; default {},{}, sized like "
+                             "--steps; --quick {})".format(*DEFAULTS["finetune_steps"],
+                                                         QUICK["finetune_steps"][0]))
     parser.add_argument("--distill-steps", type=int, default=None,
                         help=f"distillation steps (default {DEFAULTS['distill_steps']}, sized "
                              f"like --steps; --quick {QUICK['distill_steps']})")

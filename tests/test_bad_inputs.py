@@ -262,3 +262,16 @@ def test_a_diverged_run_is_one_line_and_exit_1(tmp_path, capsys, monkeypatch):
     assert code == 1 and "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("simclrv2 pretrain: loss is nan at step 3")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command", ["zoo", "convert", "pretrain", "finetune", "lineareval",
+                                     "distill", "export", "run", "build-ops"])
+def test_every_command_describes_its_options(command, capsys):
+    # `run --help` once crashed on a help string with a literal "%" formatted twice.
+    try:
+        status = cli.main([command, "--help"])
+    except SystemExit as exit_:  # argparse's own --help
+        status = exit_.code
+    assert status in (0, None)
+    out = capsys.readouterr().out
+    assert out.startswith("usage:") and "--" in out
