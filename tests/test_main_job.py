@@ -158,18 +158,20 @@ def _sized(argv, step_s, run_dir):
 
 
 def test_step_counts_are_sized_to_the_budget_from_the_probe(tmp_path):
-    from simclrv2.main_job import DEFAULTS, KEEP_DEFAULTS_WITHIN, REFERENCE, SCALE_RANGE
+    from simclrv2.main_job import (BUDGET_MINUTES, DEFAULTS, KEEP_DEFAULTS_WITHIN, REFERENCE,
+                                   SCALE_RANGE)
 
     # The reference host's speed and the default budget give the defaults themselves.
     args, sizing = _sized([], REFERENCE["pretrain_step_s"], tmp_path / "a")
-    fitted = (9 * 60 - REFERENCE["fixed_s"]) / REFERENCE["stepped_s"]
+    fitted = (BUDGET_MINUTES * 60 - REFERENCE["fixed_s"]) / REFERENCE["stepped_s"]
     assert sizing["fitted_scale"] == pytest.approx(fitted, abs=1e-3)
     assert abs(fitted - 1) <= KEEP_DEFAULTS_WITHIN and sizing["scale"] == 1.0
     assert (args.steps, args.finetune_steps, args.distill_steps) == (
         DEFAULTS["steps"], DEFAULTS["finetune_steps"], DEFAULTS["distill_steps"])
     # A host 1.5x as slow: the fixed part grows as much, the stepped part shrinks to fit.
     args, sizing = _sized([], 1.5 * REFERENCE["pretrain_step_s"], tmp_path / "b")
-    scale = (9 * 60 - 1.5 * REFERENCE["fixed_s"]) / (1.5 * REFERENCE["stepped_s"])
+    scale = ((BUDGET_MINUTES * 60 - 1.5 * REFERENCE["fixed_s"])
+             / (1.5 * REFERENCE["stepped_s"]))
     assert SCALE_RANGE[0] < scale < 1 - KEEP_DEFAULTS_WITHIN
     assert sizing["scale"] == pytest.approx(scale, abs=1e-3)
     assert args.steps == round(DEFAULTS["steps"] * scale)
