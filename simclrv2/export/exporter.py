@@ -536,6 +536,23 @@ def verify(tmp, formats, model, image_size, temperature, seed=0):
 TF2ONNX_CATCH_ERRORS = ("TF2ONNX_CATCH_ERRORS", "FALSE")
 
 
+def _optimize_without_proto_updates(optimize_graph):
+    """tf2onnx's optimize_graph, with Graph.update_proto a no-op while it runs. Each optimizer
+    (12 of them, three rounds) ends by rewriting every node's protobuf from its Python object,
+    the weights of every constant included: 20 s of r50_1x_sk1's conversion. The optimizers read
+    and edit the Python objects only, and make_graph, which builds the model after them, runs
+    update_proto itself; the export's verification would catch a graph that came out wrong."""
+    from unittest import mock
+
+    from tf2onnx.graph import Graph
+
+    def optimize(*args, **kwargs):
+        with mock.patch.object(Graph, "update_proto", lambda self, *a, **k: None):
+            return optimize_graph(*args, **kwargs)
+
+    return optimize
+
+
 def write_onnx(graph, path, metadata):
     import onnx
     import tf2onnx
@@ -546,7 +563,11 @@ def write_onnx(graph, path, metadata):
     patch_tf2onnx()  # tf2onnx 1.17 still uses numpy<2 names; Keras ships this fix
     from unittest import mock
 
-    with mock.patch.dict(os.environ, dict([TF2ONNX_CATCH_ERRORS])), warnings.catch_warnings():
+    import tf2onnx.optimizer
+
+    fast_optimize = _optimize_without_proto_updates(tf2onnx.optimizer.optimize_graph)
+    with mock.patch.dict(os.environ, dict([TF2ONNX_CATCH_ERRORS])), warnings.catch_warnings(), \
+            mock.patch.object(tf2onnx.optimizer, "optimize_graph", fast_optimize):
         warnings.simplefilter("ignore", FutureWarning)
         proto, _ = tf2onnx.convert.from_function(
             graph.onnx_function(), input_signature=[graph.images_spec], opset=ONNX_OPSET)
