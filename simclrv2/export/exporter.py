@@ -554,17 +554,16 @@ def _optimize_without_proto_updates(optimize_graph):
 
 
 def write_onnx(graph, path, metadata):
+    from unittest import mock
+
     import onnx
     import tf2onnx
+    import tf2onnx.optimizer
     from keras.src.export.tf2onnx_lib import patch_tf2onnx
 
     from simclrv2.export.onnx_graph import keep_batch_in_reshapes
 
     patch_tf2onnx()  # tf2onnx 1.17 still uses numpy<2 names; Keras ships this fix
-    from unittest import mock
-
-    import tf2onnx.optimizer
-
     fast_optimize = _optimize_without_proto_updates(tf2onnx.optimizer.optimize_graph)
     with mock.patch.dict(os.environ, dict([TF2ONNX_CATCH_ERRORS])), warnings.catch_warnings(), \
             mock.patch.object(tf2onnx.optimizer, "optimize_graph", fast_optimize):
