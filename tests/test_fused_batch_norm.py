@@ -9,13 +9,11 @@ import simclrv2.zoo as zoo
 from simclrv2.recipes import fused_batch_norm, objectives
 
 
-def _pair(name="r50_0.125x_sk1", size=64, sync_batch_norm=False):
-    """Two copies of one model with equal weights; the second fused."""
+def _pair(name="r50_0.125x_sk1", size=64):
+    """Two copies of one model with equal weights (the tests fuse the second)."""
     keras.utils.set_random_seed(3)
-    plain = zoo.build(name, num_classes=5, input_shape=(size, size, 3), ft_proj_selector=0,
-                      sync_batch_norm=sync_batch_norm)
-    fused = zoo.build(name, num_classes=5, input_shape=(size, size, 3), ft_proj_selector=0,
-                      sync_batch_norm=sync_batch_norm)
+    plain = zoo.build(name, num_classes=5, input_shape=(size, size, 3), ft_proj_selector=0)
+    fused = zoo.build(name, num_classes=5, input_shape=(size, size, 3), ft_proj_selector=0)
     fused.set_weights(plain.get_weights())
     # Zero-initialised gammas would hide each block's residual branch from the outputs.
     rng = np.random.default_rng(0)
