@@ -92,7 +92,7 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog="simclrv2 run",
         description="SimCLRv2 end to end on Fashion-MNIST: pretrain, linear eval, fine-tune on "
-                    "1%% and 10%% of the labels, distill, export, beside the baselines they "
+                    "1% and 10% of the labels, distill, export, beside the baselines they "
                     "must beat (logistic regression on the raw pixels, the same networks "
                     "trained on the labels alone). About 10 minutes on 2 CPU cores (--quick: a "
                     "1-2 minute smoke run with the same stages and outputs). Run it again to "

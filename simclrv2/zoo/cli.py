@@ -45,7 +45,7 @@ def _zoo_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="table of released checkpoints",
                        description="Print one row per released checkpoint: name, stage, "
-                                   "architecture, the paper's ImageNet top-1 (%%), whether "
+                                   "architecture, the paper's ImageNet top-1 (%), whether "
                                    "it is in the cache (yes, or 'damaged' when a file is "
                                    "missing or not the recorded size), and its HTTPS URL.")
     p.add_argument("--stage", help=f"only this stage ({', '.join(ck.STAGES)})")
