@@ -187,3 +187,42 @@ def test_cli_rejects_unknown_option_without_starting_tensorflow(capsys):
     assert "unknown option --bogus" in capsys.readouterr().err
     assert cli.finetune_main(["--recipe=fmnist_finetune", "--print-config"]) == 0
     assert json.loads(capsys.readouterr().out)["ft_proj_selector"] == 1
+
+
+def test_inference_traces_each_new_model_once_without_retracing_warnings_and_lets_it_go():
+    """A process running several stages (the main job, the semi-supervised benchmark) evaluates
+    many models: each is traced once, TF does not warn about retracing, and the trace cache does
+    not keep a model alive."""
+    import gc
+    import logging
+    import weakref
+
+    import tensorflow as tf
+
+    import simclrv2.zoo as zoo
+    from simclrv2.recipes import stages
+
+    images = np.random.default_rng(0).uniform(0, 1, (4, 16, 16, 3)).astype(np.float32)
+    dataset = tf.data.Dataset.from_tensor_slices((images, np.arange(4))).batch(4)
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger("tensorflow")
+    logger.addHandler(handler)
+    models = []
+    try:
+        for _ in range(6):  # TF warns from 5 traces among its last calls of one function
+            model = zoo.build("r18_0.125x_sk0", num_classes=3, input_shape=(16, 16, 3))
+            logits, labels = stages._predict(model, "logits_sup", dataset)
+            assert logits.shape == (4, 3) and logits.dtype == np.float32
+            np.testing.assert_array_equal(labels, np.arange(4))
+            again, _ = stages._predict(model, "logits_sup", dataset)
+            np.testing.assert_array_equal(again, logits)
+            assert stages._PREDICT_FNS[model]["logits_sup"].experimental_get_tracing_count() == 1
+            models.append(weakref.ref(model))
+            del model
+    finally:
+        logger.removeHandler(handler)
+    assert not [m for m in messages if "retracing" in m], messages
+    gc.collect()
+    assert [ref() for ref in models] == [None] * 6

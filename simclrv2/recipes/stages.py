@@ -7,6 +7,7 @@ returned dict also holds the trained Keras model under "model".
 
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 import time
@@ -98,12 +99,20 @@ def _apply(tape, optimizer, loss_groups):
 _PREDICT_FNS = weakref.WeakKeyDictionary()
 
 
+def _float32_endpoint(network, key, images):
+    return tf.cast(_endpoint(network, images, key), tf.float32)
+
+
 def _predict(model, key, dataset, limit=0):
     """(outputs[key], labels) of `dataset` in inference mode, as numpy arrays; `model` is a
     Keras model or an ExportedNetwork."""
     fns = _PREDICT_FNS.setdefault(model, {})
     if key not in fns:
-        fns[key] = tf.function(lambda x: tf.cast(_endpoint(model, x, key), tf.float32),
+        # A partial, not a lambda: TF counts the traces of every tf.function made from one code
+        # object together, so each new model's first trace (a process running several stages)
+        # read as retracing and TF warned that "tracing is expensive". It holds a weak proxy:
+        # a strong reference from the cache's value would keep its key, the model, alive.
+        fns[key] = tf.function(functools.partial(_float32_endpoint, weakref.proxy(model), key),
                                reduce_retracing=True, autograph=False)
     fn = fns[key]
     outs, labels, seen = [], [], 0
