@@ -26,6 +26,17 @@ tf.config.threading.set_intra_op_parallelism_threads(1)
 tf.config.threading.set_inter_op_parallelism_threads(1)
 from simclrv2.recipes import config as C, stages
 values = json.loads(sys.argv[1])
+kill_before_saving = values.pop("kill_before_saving", None)
+if kill_before_saving is not None:
+    # SIGKILL at a known point (its step trained and logged, its checkpoint not yet written)
+    # rather than whenever a polling parent got to it: on a busy host the run had finished first.
+    import os, signal
+    save = tf.train.CheckpointManager.save
+    def save_or_die(self, checkpoint_number=None, **kwargs):
+        if checkpoint_number == kill_before_saving:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return save(self, checkpoint_number=checkpoint_number, **kwargs)
+    tf.train.CheckpointManager.save = save_or_die
 stages.pretrain(C.from_dict("pretrain", values))
 """
 
@@ -47,17 +58,13 @@ def _checkpoint_values(model_dir):
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     steps = dict(TINY, train_steps=8, checkpoint_steps=2, keep_checkpoints=10)
     straight = _start(dict(steps, model_dir=str(tmp_path / "straight")))
-    killed = _start(dict(steps, model_dir=str(tmp_path / "killed"), checkpoint_steps=3))
-    # Kill the second run once it has saved a checkpoint part-way (step 3 or 6 of 8).
-    index = tmp_path / "killed" / "checkpoints" / "checkpoint"
-    deadline = time.time() + 240
-    while not index.exists() and time.time() < deadline and killed.poll() is None:
-        time.sleep(0.2)
-    assert killed.poll() is None, "the run ended before it could be killed: " + killed.stderr.read()[-2000:]
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
-    saved = index.read_text()
-    assert "ckpt-8" not in saved, "killed too late to test resuming"
+    killed = _start(dict(steps, model_dir=str(tmp_path / "killed"), checkpoint_steps=3,
+                         kill_before_saving=6))
+    _, err = killed.communicate(timeout=300)
+    assert killed.returncode == -signal.SIGKILL, err[-4000:]
+    # Killed after step 6, before its checkpoint: the resumed run goes back to step 3.
+    saved = (tmp_path / "killed" / "checkpoints" / "checkpoint").read_text()
+    assert "ckpt-3" in saved and "ckpt-6" not in saved and "ckpt-8" not in saved
     resumed = _start(dict(steps, model_dir=str(tmp_path / "killed"), checkpoint_steps=3))
     for proc in (straight, resumed):
         _, err = proc.communicate(timeout=300)
