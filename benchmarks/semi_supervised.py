@@ -89,7 +89,10 @@ def parse_args(argv):
     p.add_argument("--report", metavar="RESULT_JSON", default=None,
                    help="only redraw the plot of a finished run and print its Markdown table")
     args = p.parse_args(argv)
-    args.widths = sorted(float(w) for w in args.widths.split(","))
+    try:
+        args.widths = sorted(float(w) for w in args.widths.split(","))
+    except ValueError:
+        p.error(f"--widths {args.widths!r}: expected ResNet-18 widths such as 0.25,0.5")
     if args.budget_minutes <= 0 or args.seeds < 1 or not args.widths:
         p.error("--budget-minutes > 0, --seeds >= 1 and at least one width are needed")
     if args.image_size is None:

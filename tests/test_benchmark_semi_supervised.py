@@ -121,3 +121,15 @@ def test_report_shows_every_row_target_and_draws_the_plot(bench, tmp_path):
     assert "reference:" not in table
     png = path.with_suffix(".png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--widths", "0.5,abc"], "--widths '0.5,abc': expected ResNet-18 widths"),
+    (["--seeds", "0"], "--seeds >= 1"),
+])
+def test_bad_options_are_one_line_and_exit_2(bench, argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        bench.parse_args(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
