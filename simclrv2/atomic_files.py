@@ -1,4 +1,5 @@
-"""Writes that never leave a half-written file: a unique temporary sibling, then a rename."""
+"""Writes that never leave a half-written file (a unique temporary sibling, then a rename), and
+the tolerant read of the JSON files they write."""
 
 import contextlib
 import json
@@ -21,6 +22,16 @@ def replacing(path):
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def read_json(path):
+    """The JSON value in `path`, or None when it is missing, unreadable or not JSON: for files
+    that may or may not be there (a run's result.json, an export's config.json)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
 
 
 def write_text(path, text: str) -> None:

@@ -310,7 +310,8 @@ def test_run_dir_via_cli_records_stage_and_overwrite(tmp_path, capsys):
     run.mkdir()
     model = zoo.build("r18_0.125x_sk0", num_classes=3, input_shape=(32, 32, 3))
     model.save(run / "model.keras")
-    (run / "result.json").write_text(json.dumps({"stage": "finetune", "test_top1": 0.5}))
+    (run / "result.json").write_text(json.dumps({"stage": "finetune", "status": "done",
+                                                 "test_top1": 0.5}))
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("keep me")

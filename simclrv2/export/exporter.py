@@ -29,9 +29,10 @@ import warnings
 import numpy as np
 
 from simclrv2 import precision as precision_lib
+from simclrv2.artifacts import EXPORT_FORMAT, is_export_config
+from simclrv2.atomic_files import read_json
 
 FORMATS = ("savedmodel", "onnx", "keras")
-EXPORT_FORMAT = "simclrv2-export"  # config.json's "format": what `overwrite` may replace
 FORMAT_VERSION = 1
 # Everything an export directory holds at its top level (all formats).
 EXPORT_ENTRIES = frozenset({"saved_model", "model.onnx", "model.int8.onnx", "model.keras",
@@ -57,99 +58,28 @@ class VerificationError(RuntimeError):
 
 # --------------------------------------------------------------------------- model resolution
 
-def _read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
 def _load_keras(path):
-    from simclrv2.zoo.keras_file import load_keras_file  # names a missing or corrupt file
-    from simclrv2.zoo.model import SimCLRv2Model
+    from simclrv2.artifacts import resolve
 
-    model = load_keras_file(path)
-    if not isinstance(model, SimCLRv2Model):
-        raise ExportError(f"{path} holds a {type(model).__name__}, not a simclrv2 SimCLRv2Model; "
-                          "export a model from simclrv2.zoo, a recipe run or `simclrv2 convert`")
-    return model
+    return resolve(path).model
 
 
 def resolve_model(model, stage=None, image_size=None):
-    """(SimCLRv2Model, info) from a model object, a path or a registry name.
-
-    info: {"source", "source_kind", "stage", "provenance"}; `stage` overrides what the source says.
-    """
+    """(SimCLRv2Model, info) from simclrv2.artifacts.resolve: a model object, a path or a
+    registry name. info: {"source", "source_kind", "stage", "provenance"}."""
+    from simclrv2.artifacts import ArtifactError, resolve
     from simclrv2.zoo.model import SimCLRv2Model
 
-    if isinstance(model, SimCLRv2Model):
-        return model, {"source": None, "source_kind": "keras_object", "stage": stage or "unknown",
-                       "provenance": {}}
-    if hasattr(model, "signatures") and not isinstance(model, (str, os.PathLike)):
-        raise ExportError("a loaded SavedModel can't be exported again; pass its directory (an "
-                          "official SimCLRv2 SavedModel) or the .keras model it came from")
-    if not isinstance(model, (str, os.PathLike)):
-        raise ExportError(f"model must be a SimCLRv2Model, a path or a registry name, got "
-                          f"{type(model).__name__}")
-    path = pathlib.Path(os.path.expanduser(os.fspath(model)))
-    if path.is_file():
-        if path.suffix != ".keras":
-            raise ExportError(f"{path} is a file but not a .keras model; pass a .keras file, a run "
-                              "directory, an official SavedModel directory or a registry name")
-        side = _read_json(path.with_suffix(".json")) or {}
-        run = _read_json(path.parent / "result.json") or {}
-        found = side.get("stage") or run.get("stage")
-        prov = {k: side[k] for k in ("url", "source", "source_sha256", "converter_version")
-                if k in side}
-        return _load_keras(str(path)), {"source": str(path.resolve()), "source_kind": "keras_file",
-                                        "stage": stage or found or "unknown", "provenance": prov}
-    if path.is_dir():
-        if (path / "model.keras").is_file():
-            meta = _read_json(path / "result.json") or _read_json(path / "config.json") or {}
-            kind = "export_dir" if "format_version" in meta else "run_dir"
-            prov = {k: meta[k] for k in ("model_dir", "test_top1", "checkpoint") if k in meta}
-            return _load_keras(str(path / "model.keras")), {
-                "source": str(path.resolve()), "source_kind": kind,
-                "stage": stage or meta.get("stage") or "unknown", "provenance": prov}
-        if (path / "config.json").is_file() and (path / "checkpoints").is_dir():
-            from simclrv2.recipes.stages import load_network
-
-            meta = _read_json(path / "result.json") or {}
-            return load_network(path), {"source": str(path.resolve()), "source_kind": "run_dir",
-                                        "stage": stage or meta.get("stage") or "unknown",
-                                        "provenance": {"checkpoint_dir": str(path / "checkpoints")}}
-        if (path / "saved_model.pb").is_file():
-            from simclrv2.zoo import importer
-
-            shape = (image_size, image_size, 3) if image_size else None
-            keras_model, report = importer.import_saved_model(str(path), input_shape=shape)
-            prov = {"import_" + k: v for k, v in report.items() if k != "config"}
-            return keras_model, {"source": str(path.resolve()), "source_kind": "official_savedmodel",
-                                 "stage": stage or "unknown", "provenance": prov}
-        raise ExportError(f"{path} is a directory but holds no model.keras (a recipe run or an "
-                          "export), no config.json + checkpoints/ (a run in progress) and no "
-                          "saved_model.pb (an official SavedModel)")
-    text = os.fspath(model)
-    if os.sep in text or "/" in text or text.endswith(".keras") or text.startswith("."):
-        raise ExportError(f"model path {text!r} does not exist; pass an existing .keras file, "
-                          "run directory or SavedModel directory, or a registry name "
-                          "(`simclrv2 zoo list`)")
-    from simclrv2.zoo import checkpoints
-
-    wanted = stage or "pretrained"
     try:
-        ckpt = checkpoints.get_checkpoint(text, wanted)
-    except ValueError as e:
-        raise ExportError(f"{text!r} is neither an existing path nor a released checkpoint at "
-                          f"stage {wanted!r} ({e}); `simclrv2 zoo list` lists names and stages"
-                          ) from None
-    from simclrv2.zoo.pretrained import load
-
-    shape = (image_size, image_size, 3) if image_size else None
-    keras_model = load(text, stage=ckpt.stage, input_shape=shape)
-    return keras_model, {"source": ckpt.url, "source_kind": "registry", "stage": ckpt.stage,
-                         "provenance": {"name": ckpt.name, "url": ckpt.url}}
+        found = resolve(model, stage, image_size)
+    except ArtifactError as error:
+        raise ExportError(str(error)) from None
+    if not isinstance(found.model, SimCLRv2Model):
+        raise ExportError(f"{found.source} is the saved_model/ of a simclrv2 export, which holds "
+                          f"no Keras model to export again; export the model.keras it came "
+                          f"from, or export with --formats keras too")
+    return found.model, {"source": found.source, "source_kind": found.kind, "stage": found.stage,
+                         "provenance": found.provenance}
 
 
 def _at_size(model, image_size):
@@ -648,17 +578,6 @@ def model_card(report):
 
 # --------------------------------------------------------------------------- entry point
 
-def is_export_config(meta) -> bool:
-    """Whether a parsed config.json is one this exporter wrote. Exports made before the
-    "format" marker are known by format_version 1 with the exporter's own fields."""
-    if not isinstance(meta, dict):
-        return False
-    if meta.get("format") == EXPORT_FORMAT:
-        return True
-    return meta.get("format_version") == 1 and "simclrv2_version" in meta and \
-        "verification" in meta and "format" not in meta
-
-
 def _check_replaceable(out, overwrite):
     """Refuses to replace a non-empty `out` unless asked and unless it is an earlier export
     holding nothing else: `overwrite` deletes it, so it must not hold anyone's files."""
@@ -667,7 +586,7 @@ def _check_replaceable(out, overwrite):
     if not overwrite:
         raise ExportError(f"--out {out} exists and is not empty; pass --overwrite "
                           "(overwrite=True) to replace it, or choose a new directory")
-    if not is_export_config(_read_json(out / "config.json")):
+    if not is_export_config(read_json(out / "config.json")):
         raise ExportError(f"--out {out} is not an earlier simclrv2 export (no config.json with "
                           f"\"format\": \"{EXPORT_FORMAT}\"), and --overwrite only replaces "
                           "an earlier export; choose a new directory, or empty this one yourself")

@@ -18,6 +18,11 @@ import numpy as np
 import tensorflow as tf
 
 from simclrv2 import precision as precision_lib
+from simclrv2.artifacts import ExportedNetwork, load_network
+from simclrv2.artifacts import check_endpoint as _check_endpoint
+from simclrv2.artifacts import endpoint as _endpoint
+from simclrv2.artifacts import endpoints as _endpoints
+from simclrv2.artifacts import num_classes as _num_classes
 from simclrv2.recipes import data_io, engine, fused_batch_norm, objectives, optim
 from simclrv2.atomic_files import write_json
 from simclrv2.recipes.config import ConfigError, to_dict
@@ -173,165 +178,6 @@ def _finish(config, model_dir, stage, result, model, chief, started):
     # In-process callers get the trained network too (not written to result.json).
     result["model"] = model
     return result
-
-
-def load_network(path, image_size=None):
-    """A trained network from a run's model_dir (its latest checkpoint), a .keras file (ours or
-    from `simclrv2 convert`), an export directory or a SavedModel directory. An official
-    SimCLRv2 SavedModel is imported as a Keras model (the importer checks its outputs); our
-    export's saved_model/ becomes an ExportedNetwork (its signatures). With `image_size`, a
-    network whose input is fixed at another size is refused: the images would not fit it."""
-    import simclrv2.zoo as zoo  # registers the model classes for .keras deserialisation
-    from simclrv2.zoo.keras_file import load_keras_file
-
-    path = pathlib.Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path} does not exist; give a run's model_dir, a .keras file or a "
-                          f"SavedModel directory")
-    if path.is_file():
-        if path.suffix != ".keras":
-            raise ConfigError(f"{path} is a file but not a .keras model; give a .keras file, a "
-                              f"run's model_dir or a SavedModel directory")
-        network = load_keras_file(path)
-    elif _read_export_config(path) is not None:  # `simclrv2 export`'s directory
-        if (path / "model.keras").is_file():
-            network = load_keras_file(path / "model.keras")
-        elif (path / "saved_model" / "saved_model.pb").is_file():
-            network = _load_saved_model(path / "saved_model", image_size)
-        else:
-            raise ConfigError(f"the export {path} holds neither model.keras nor saved_model/; "
-                              f"export it again with --formats keras or savedmodel")
-    elif (path / "config.json").is_file():
-        info = json.loads((path / "config.json").read_text())
-        network = zoo.build(info["model_config"])
-        latest = tf.train.latest_checkpoint(str(path / "checkpoints"))
-        if latest is None:
-            raise ConfigError(f"{path} holds no checkpoint yet (checkpoints/ is empty)")
-        status = tf.train.Checkpoint(model=engine.model_variables(network)).restore(latest)
-        status.expect_partial()  # the optimizer's slots are not wanted here
-        status.assert_existing_objects_matched()
-    elif (path / "saved_model.pb").is_file():
-        network = _load_saved_model(path, image_size)
-    else:
-        raise ConfigError(f"cannot load a network from {path}: expected a run's model_dir (with "
-                          f"config.json), a .keras file or a SavedModel directory")
-    if image_size:
-        _check_input_size(network, image_size, path)
-    return network
-
-
-def _read_export_config(path):
-    """config.json of a `simclrv2 export` directory (it has format_version), else None."""
-    try:
-        info = json.loads((pathlib.Path(path) / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return info if isinstance(info, dict) and "format_version" in info else None
-
-
-def _load_saved_model(path, image_size):
-    """Our export's SavedModel (it has a `features` signature) as an ExportedNetwork; any other
-    one through the importer, which reads the official SimCLRv2 layout (no signatures) and
-    refuses others with a message."""
-    if "features" not in _signature_names(path):
-        from simclrv2.zoo import importer
-
-        shape = (image_size, image_size, 3) if image_size else None
-        # In float32 whatever the run's precision: the importer checks the Keras model against
-        # the SavedModel to 1e-4, which a bfloat16 model cannot meet (1e-2: refused). Stages
-        # that train it build their own model under the run's policy and copy these weights.
-        with precision_lib.float32_policy():
-            network, _ = importer.import_saved_model(str(path), input_shape=shape)
-        return network
-    try:
-        loaded = tf.saved_model.load(str(path))
-    except (OSError, IndexError, ValueError, tf.errors.OpError) as error:
-        # A truncated variables file surfaces as IndexError("Read less bytes than requested").
-        raise ConfigError(f"cannot read the SavedModel {path} ({_first_line(error)}); it is "
-                          f"truncated or corrupt: export or copy it again") from None
-    return ExportedNetwork(loaded)
-
-
-def _signature_names(path):
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    proto = saved_model_pb2.SavedModel()
-    try:
-        proto.ParseFromString((pathlib.Path(path) / "saved_model.pb").read_bytes())
-    except Exception as error:  # protobuf's DecodeError is a plain Exception subclass
-        raise ConfigError(f"{path}/saved_model.pb can't be parsed ({error}); the SavedModel is "
-                          f"truncated or corrupt: export, copy or download it again") from None
-    return set(proto.meta_graphs[0].signature_def) if proto.meta_graphs else set()
-
-
-def _first_line(error):
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-
-
-class ExportedNetwork:
-    """The saved_model/ of `simclrv2 export`, used where the stages use a SimCLRv2 Keras model:
-    each endpoint comes from the signature that returns it (features: final_avg_pool; hidden:
-    the backbone's endpoints; projection: proj_head_output; finetune: logits, as logits_sup)."""
-
-    def __init__(self, loaded):
-        self.loaded = loaded  # the signatures hold only weak references to its variables
-        signatures = loaded.signatures
-        sources = {}
-        if "hidden" in signatures:
-            sources.update({k: ("hidden", k) for k in signatures["hidden"].structured_outputs})
-        sources["final_avg_pool"] = ("features", "final_avg_pool")
-        if "projection" in signatures:
-            sources["proj_head_output"] = ("projection", "proj_head_output")
-        self.num_classes = None
-        if "finetune" in signatures:
-            sources["logits_sup"] = ("finetune", "logits")
-            self.num_classes = int(signatures["finetune"].structured_outputs["logits"].shape[-1])
-        self._sources = sources
-        images = signatures["features"].structured_input_signature[1]["images"]
-        self.input_size = tuple(images.shape[1:3])
-
-    @property
-    def endpoints(self):
-        return sorted(self._sources)
-
-    def endpoint(self, images, key):
-        signature, output = self._sources[key]
-        return self.loaded.signatures[signature](images=tf.cast(images, tf.float32))[output]
-
-
-def _endpoint(network, images, key):
-    """outputs[key] of a Keras model or an ExportedNetwork, in inference mode."""
-    if isinstance(network, ExportedNetwork):
-        return network.endpoint(images, key)
-    return network(images, training=False)[key]
-
-
-def _endpoints(network):
-    return network.endpoints if isinstance(network, ExportedNetwork) else sorted(network.output)
-
-
-def _check_endpoint(network, key, what):
-    if key not in _endpoints(network):
-        raise ConfigError(f"{what} has no output {key!r}; its outputs: "
-                          f"{', '.join(_endpoints(network))}")
-
-
-def _check_input_size(network, image_size, path):
-    """Refuses a network fixed at another input size, before any image reaches it."""
-    if isinstance(network, ExportedNetwork):
-        fixed = network.input_size
-    else:
-        fixed = tuple(network.input_shape[1:3])
-    if None not in fixed and fixed != (image_size, image_size):
-        raise ConfigError(f"{path} takes {fixed[0]}x{fixed[1]} images, not the {image_size} px "
-                          f"of image_size; pass --image_size={fixed[0]}")
-
-
-def _num_classes(network):
-    """Classes of a network's supervised head (None without one)."""
-    if isinstance(network, ExportedNetwork):
-        return network.num_classes
-    return network.simclr_config.num_classes
 
 
 def _copy_weights(source, target, skip=("head_supervised",)):
