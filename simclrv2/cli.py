@@ -1,9 +1,11 @@
 """The `simclrv2` command: one entry point, each sub-command owned by its package.
 
 Sub-commands are imported lazily so that `simclrv2 zoo list` does not pay for TensorFlow's
-start-up more than it must. Failures are reported by simclrv2.errors: one line and exit 2 for
-an ordinary mistake, the traceback and exit 70 for a bug; `--debug` anywhere on the command line
-(or SIMCLRV2_DEBUG=1) shows the traceback of a mistake too.
+start-up more than it must. Every command takes argparse-style options spelled with dashes
+(`--model-dir DIR`) and exits with a status of the one table in simclrv2.errors (docs/cli.md).
+Failures are reported by simclrv2.errors: one line and exit 2 for an ordinary mistake, the
+traceback and exit 70 for a bug; `--debug` anywhere on the command line (or SIMCLRV2_DEBUG=1)
+shows the traceback of a mistake too.
 """
 
 import importlib
@@ -31,7 +33,9 @@ def _usage() -> str:
         lines.append(f"  {name:<11} {help_text}")
     lines.append("")
     lines.append("`simclrv2 COMMAND --help` describes the options of one command. A mistake is")
-    lines.append("reported in one line (exit 2); --debug, anywhere, shows its traceback too.")
+    lines.append(f"reported in one line (exit {errors.EXIT_MISTAKE}); --debug, anywhere, shows its "
+                 "traceback too.")
+    lines.append("Exit statuses of every command: docs/cli.md.")
     return "\n".join(lines)
 
 
@@ -42,12 +46,12 @@ def main(argv=None) -> int:
     argv = errors.strip_debug(argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
-        return 0
+        return errors.EXIT_DONE
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         print(f"simclrv2: unknown command {name!r}; valid commands: {', '.join(COMMANDS)}",
               file=sys.stderr)
-        return 2
+        return errors.EXIT_MISTAKE
     module_name, function_name, _ = COMMANDS[name]
     function = getattr(importlib.import_module(module_name), function_name)
     if hasattr(function, "__wrapped__"):  # an errors.command: it reports its own failures

@@ -13,6 +13,8 @@ on the command line, or SIMCLRV2_DEBUG=1, prints the traceback of ordinary mista
 exit status stays the same. KeyboardInterrupt prints "interrupted" and exits 130. A training
 run that failed on its own terms (the loss became NaN/inf, no checkpoint reads back, another
 worker of a multi-worker run died) is one line and exit 1, as the training stages document it.
+The EXIT_* constants below are the one table of exit statuses every command uses
+(docs/cli.md documents it, and a test holds the two together).
 
 What counts as ordinary, by exception type (see `describe`):
 - ValueError (ConfigError, DataNotFoundError, ExportError, ... and plain ValueError) raised by
@@ -43,9 +45,18 @@ import zipfile
 
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "SIMCLRV2_DEBUG"
-EXIT_MISTAKE = 2
-EXIT_BUG = 70  # EX_SOFTWARE in sysexits.h
-EXIT_INTERRUPTED = 130
+
+# The exit statuses of every command. A scheduler or a shell loop acts on them without reading
+# the output: 3 and 130 both mean "not finished", but only 3 promises a checkpoint written by a
+# clean stop, so only 3 is safe to answer by running the same command again unattended; 130
+# (128 + SIGINT, the shell's convention for a process ended by Ctrl-C) promises nothing. A
+# SIGTERM that was handled is a clean stop too, hence 3 rather than 143 (128 + SIGTERM).
+EXIT_DONE = 0
+EXIT_RUN_FAILED = 1  # failed on its own terms: NaN/inf loss, lost worker, export not verified
+EXIT_MISTAKE = 2  # a mistake in the input (a bad option too, as argparse exits): one line
+EXIT_PREEMPTED = 3  # stopped early by SIGTERM or a first Ctrl-C, with a checkpoint saved
+EXIT_BUG = 70  # EX_SOFTWARE in sysexits.h: a traceback
+EXIT_INTERRUPTED = 130  # stopped without a clean stop: a second Ctrl-C, or outside training
 
 _PACKAGE_DIR = os.path.dirname(os.path.realpath(__file__)) + os.sep
 _LIBRARY_DIRS = tuple(sorted({os.path.realpath(sysconfig.get_paths()[key]) + os.sep
@@ -66,7 +77,6 @@ _OS_FIXES = {
 # A run that failed on its own terms, not by a mistake in its input nor by a bug: exit 1, as
 # the training stages document it (matched by class name: no TensorFlow import here).
 _RUN_FAILURES = ("NonFiniteLossError", "DamagedCheckpointsError", "LostWorkerError")
-EXIT_RUN_FAILED = 1
 _TF_FILE_ERRORS = {
     "DataLossError": "the file is corrupt or truncated; write or download it again",
     "NotFoundError": "check the path",

@@ -20,7 +20,7 @@ LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"
 HEADING = re.compile(r"^#{1,6}\s+(.*?)\s*#*\s*$", re.M)
 
 DOC_PAGES = ("pretrained_models.md", "data.md", "training.md", "export.md", "benchmarks.md",
-             "development.md", "main_job.md", "CONTRACTS.md", "tf_hub.md", "bazel.md")
+             "development.md", "main_job.md", "CONTRACTS.md", "tf_hub.md", "bazel.md", "cli.md")
 README_MAX_LINES = 220
 
 

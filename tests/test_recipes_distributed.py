@@ -162,10 +162,10 @@ def test_a_killed_worker_stops_the_others_with_one_line(tmp_path):
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     model_dir = tmp_path / "run"
     train_steps = 20
-    args = ["--dataset=synthetic", "--image_size=8", "--model=r18_0.25x_sk0",
-            "--global_batch_size=8", f"--train_steps={train_steps}", "--checkpoint_steps=2",
-            "--warmup_epochs=0", "--progress_bar=false", "--knn_bank_size=32",
-            "--num_eval_examples=32", "--eval_batch_size=32", f"--model_dir={model_dir}"]
+    args = ["--dataset=synthetic", "--image-size=8", "--model=r18_0.25x_sk0",
+            "--global-batch-size=8", f"--train-steps={train_steps}", "--checkpoint-steps=2",
+            "--warmup-epochs=0", "--progress-bar=false", "--knn-bank-size=32",
+            "--num-eval-examples=32", "--eval-batch-size=32", f"--model-dir={model_dir}"]
     base_env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
     base_env.pop("SIMCLRV2_DEBUG", None)
     procs, stderr_paths = [], []

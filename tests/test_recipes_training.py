@@ -173,7 +173,7 @@ def test_recipes_validate_and_errors_name_the_key(tmp_path):
         C.from_dict("pretrain", {"global_batch_size": "64"})
     with pytest.raises(C.ConfigError, match="global_bn must be a bool"):
         C.from_dict("pretrain", {"global_bn": 1})
-    with pytest.raises(C.ConfigError, match="--train_steps='x' is not a int"):
+    with pytest.raises(C.ConfigError, match="--train-steps 'x': expected int"):
         C.from_dict("pretrain", {}, {"train_steps": "x"})
     with pytest.raises(C.ConfigError, match="not `simclrv2 finetune`"):
         C.from_dict("finetune", C.read_recipe("fmnist_pretrain"))

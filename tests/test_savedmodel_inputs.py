@@ -10,8 +10,8 @@ from simclrv2 import cli
 from simclrv2.export import export_model
 
 SIZE = 16
-COMMON = ["--dataset=synthetic", f"--image_size={SIZE}", "--eval_batch_size=64",
-          "--num_eval_examples=64", "--progress_bar=false", "--log_steps=1"]
+COMMON = ["--dataset=synthetic", f"--image-size={SIZE}", "--eval-batch-size=64",
+          "--num-eval-examples=64", "--progress-bar=false", "--log-steps=1"]
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +43,8 @@ def _run(argv, capsys):
 @pytest.mark.parametrize("kind", ["exported", "official"])
 def test_lineareval_on_a_saved_model(kind, request, tmp_path, capsys):
     saved_model = request.getfixturevalue(kind)
-    result = _run(["lineareval", f"--checkpoint={saved_model}", f"--model_dir={tmp_path / 'le'}",
-                   "--solver=lbfgs", "--train_steps=5", "--label_fraction=0.05", *COMMON], capsys)
+    result = _run(["lineareval", f"--checkpoint={saved_model}", f"--model-dir={tmp_path / 'le'}",
+                   "--solver=lbfgs", "--train-steps=5", "--label-fraction=0.05", *COMMON], capsys)
     assert result["status"] == "done" and 0.0 <= result["test_top1"] <= 1.0
     assert result["feature"] == "final_avg_pool"
 
@@ -52,15 +52,15 @@ def test_lineareval_on_a_saved_model(kind, request, tmp_path, capsys):
 @pytest.mark.parametrize("kind", ["exported", "official"])
 def test_distill_from_a_saved_model_teacher(kind, request, tmp_path, capsys):
     saved_model = request.getfixturevalue(kind)
-    result = _run(["distill", f"--teacher={saved_model}", f"--model_dir={tmp_path / 'd'}",
-                   "--student=r18_0.125x_sk0", "--train_steps=2", "--global_batch_size=16",
-                   "--checkpoint_steps=2", *COMMON], capsys)
+    result = _run(["distill", f"--teacher={saved_model}", f"--model-dir={tmp_path / 'd'}",
+                   "--student=r18_0.125x_sk0", "--train-steps=2", "--global-batch-size=16",
+                   "--checkpoint-steps=2", *COMMON], capsys)
     assert result["status"] == "done" and 0.0 <= result["test_top1"] <= 1.0
 
 
 def test_finetune_from_an_official_saved_model(official, tmp_path, capsys):
     """Fine-tuning needs a Keras model: the official SavedModel is imported into one."""
-    result = _run(["finetune", f"--checkpoint={official}", f"--model_dir={tmp_path / 'ft'}",
-                   "--train_steps=2", "--global_batch_size=16", "--checkpoint_steps=2",
+    result = _run(["finetune", f"--checkpoint={official}", f"--model-dir={tmp_path / 'ft'}",
+                   "--train-steps=2", "--global-batch-size=16", "--checkpoint-steps=2",
                    *COMMON], capsys)
     assert result["status"] == "done" and 0.0 <= result["test_top1"] <= 1.0

@@ -257,7 +257,7 @@ def _split_folder(root: str, split: Optional[str]) -> str:
             "image in it is a training image, and a test top-1 on them would be training accuracy. "
             f"Move the images into {root}/train/class_name/*.jpg and {root}/test/class_name/*.jpg "
             "(a val/ subfolder is read when there is no test/), or evaluate on held-out training "
-            "images with eval_split='validation' (--eval_split=validation)")
+            "images with eval_split='validation' (--eval-split validation)")
     others = [f for f in folders if f not in ("train", "test", "val")]
     if others:
         raise ValueError(

@@ -83,7 +83,7 @@ def export_main(argv=None) -> int:
                               max_int8_drop=args.max_int8_drop, data_dir=args.data_dir)
     except VerificationError as e:
         print(f"simclrv2 export: verification failed: {e}", file=sys.stderr)
-        return 1
+        return errors.EXIT_RUN_FAILED
     ver = report["verification"]
     print(f"exported {report['architecture']} ({report['stage']}) at {report['image_size']} px "
           f"to {report['out_dir']}")
@@ -106,7 +106,7 @@ def export_main(argv=None) -> int:
         if not q["exporting_cpu_int8_dot_product"]:
             print("  note: this CPU has no int8 dot-product instructions (avx512_vnni, avx_vnni, "
                   "amx_int8); onnxruntime runs the int8 model slower than the float one on it")
-    return 0
+    return errors.EXIT_DONE
 
 
 if __name__ == "__main__":

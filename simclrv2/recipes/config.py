@@ -264,7 +264,8 @@ def _coerce(key, value, annotation, from_text):
                 return number
             return value
         except ValueError:
-            raise ConfigError(f"--{key}={value!r} is not a {base.__name__}") from None
+            raise ConfigError(f"--{key.replace('_', '-')} {value!r}: expected "
+                              f"{base.__name__}") from None
     # JSON: bool is a subclass of int in Python, so it is checked first and refused for numbers.
     if base is bool:
         ok = isinstance(value, bool)
@@ -301,8 +302,9 @@ def from_dict(stage: str, values: dict, overrides: Optional[dict] = None):
         kwargs[key] = _coerce(key, value, types[key], from_text=False)
     for key, text in (overrides or {}).items():
         if key not in types:
-            raise ConfigError(f"unknown option --{key} for stage {stage}; valid options: "
-                              f"{', '.join(sorted(types))}")
+            raise ConfigError(f"unknown option --{key.replace('_', '-')} for stage {stage}; "
+                              f"valid options: "
+                              f"{', '.join('--' + k.replace('_', '-') for k in sorted(types))}")
         kwargs[key] = _coerce(key, text, types[key], from_text=True)
     config = cls(**kwargs)
     config.validate()

@@ -105,7 +105,7 @@ def _models(args) -> int:
                         for i, (cell, w) in enumerate(zip(r, widths))))
     print(f"{len(rows) - 1} architectures at 224 px (ImageNet stem); paper = Table 1 of "
           "arXiv:2006.10029 (SimCLRv1 ResNet-50 1x/2x/4x from arXiv:2002.05709)")
-    return 0
+    return errors.EXIT_DONE
 
 
 def _list(args) -> int:
@@ -120,7 +120,7 @@ def _list(args) -> int:
         print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)) + "  " + r[-1])
     print(f"{len(rows) - 1} checkpoints; top-1: ImageNet %, Table 1 of arXiv:2006.10029 "
           "(pretrained = linear eval); '-' = not published")
-    return 0
+    return errors.EXIT_DONE
 
 
 def _info(args) -> int:
@@ -139,7 +139,7 @@ def _info(args) -> int:
         width = max(len(k) for k in fields)
         for key, value in fields.items():
             print(f"{key.ljust(width)}  {value}")
-    return 0
+    return errors.EXIT_DONE
 
 
 def _download(args) -> int:
@@ -147,7 +147,7 @@ def _download(args) -> int:
                                   base_url=args.base_url, progress=not args.quiet,
                                   retries=args.retries)
     print(path)
-    return 0
+    return errors.EXIT_DONE
 
 
 def _convert_parser() -> argparse.ArgumentParser:
@@ -245,4 +245,4 @@ def convert_main(argv=None) -> int:
                          "is missing); update the package") from e
     convert_saved_model(saved_model, out, architecture=architecture, **extra)
     print(out)
-    return 0
+    return errors.EXIT_DONE
