@@ -1,8 +1,8 @@
 """The reference every learned feature has to beat: logistic regression on the raw pixels.
 
 Multinomial logistic regression (softmax, L2) on the pixel values in [0, 1], fitted with
-L-BFGS to convergence on all the labels given. On Fashion-MNIST's 60,000 training images it
-scores ~84-85% top-1 on the test set (the classic figure for this baseline).
+L-BFGS to convergence on all the labels given (docs/main_job.md reports its Fashion-MNIST
+figure).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def fit_logistic_regression(features, labels, num_classes: int, l2: float = 1e-4
     Columns that are constant over the training set (the zero padding around Fashion-MNIST's
     digits) are left out of the fit and get zero weight, which is their exact optimum under
     the L2 penalty (the bias already carries any constant); the products run in float32. Both
-    only make each of the few hundred iterations cheaper (~2.5x on Fashion-MNIST's pixels)."""
+    only make each of the few hundred iterations cheaper."""
     from scipy.optimize import minimize
 
     features = np.asarray(features, dtype=np.float32).reshape(len(features), -1)

@@ -55,7 +55,7 @@ class RunConfig:
     # (simclrv2/precision.py); or float32, mixed_bfloat16, mixed_float16.
     mixed_precision: str = "auto"
     # Batch norm trains through TensorFlow's fused kernel (simclrv2/recipes/fused_batch_norm.py:
-    # same variables and results, 2x the r50 bfloat16 step on a 2-core Sapphire Rapids);
+    # same variables and results in one pass each way; docs/training.md, "Speed", measures it);
     # false: Keras's own call.
     fused_batch_norm: bool = True
     checkpoint_steps: int = 500

@@ -2,12 +2,10 @@
 
 Keras 3's BatchNormalization trains as a chain of small ops: a cast of the whole activation to
 float32 under bfloat16, two reductions for the moments, the normalisation as five element-wise
-ops, a cast back, and the gradients of all of them: in `benchmarks/train_step.py` on a 2-core
-Sapphire Rapids, 45% of an r50_1x_sk0 bfloat16 step's kernel time (plus 9% in casts) and 23% of
-ResNet-18's in float32. TensorFlow's fused kernel does the statistics and the normalisation in
-one pass each way, reads bfloat16 directly and keeps its statistics in float32: the same r50
-step ran 1.98x as fast (3.22 -> 6.39 pairs/s) at 24% less peak memory
-(benchmarks/results/train_step-20261202.log).
+ops, a cast back, and the gradients of all of them, each a pass over the activation.
+TensorFlow's fused kernel does the statistics and the normalisation in one pass each way, reads
+bfloat16 directly and keeps its statistics in float32 (docs/training.md, "Speed", has the
+profile and the step rates of both on `benchmarks/train_step.py`).
 
 `fuse(model)` routes the training-mode call of each of the model's BatchNormalization layers
 through that kernel. The layers keep their class, config and variables, so checkpoints, .keras
