@@ -141,11 +141,11 @@ def test_what_the_kernel_would_not_compute_the_same_is_left_to_keras(monkeypatch
 
 
 def test_recipes_fuse_unless_the_config_says_not_to():
-    from simclrv2.recipes import PretrainConfig, stages
+    from simclrv2.recipes import PretrainConfig, networks
 
     for setting in (True, False):
         model = zoo.build("r18_0.125x_sk0", input_shape=(32, 32, 3))
-        stages._fuse_batch_norm(PretrainConfig(fused_batch_norm=setting), model)
+        networks.fuse_batch_norm(PretrainConfig(fused_batch_norm=setting), model)
         marks = {getattr(layer, "_simclrv2_fused", False)
                  for layer in fused_batch_norm._batch_norm_layers(model)}
         assert marks == {setting}

@@ -15,8 +15,9 @@ pytestmark = pytest.mark.skipif(
     not os.path.exists(FMNIST),
     reason="Fashion-MNIST missing: apt-get install dataset-fashion-mnist")
 
-# The fmnist recipes with step counts and evaluation sizes cut down to seconds.
-TINY = dict(train_steps="3", num_eval_examples="200", progress_bar="false", log_steps="1")
+# The fmnist recipes with step counts, image size and evaluation sizes cut down to seconds.
+TINY = dict(train_steps="3", image_size="16", num_eval_examples="200", progress_bar="false",
+            log_steps="1")
 
 
 def _load(stage, model_dir, **overrides):
@@ -25,10 +26,11 @@ def _load(stage, model_dir, **overrides):
 
 
 def test_fmnist_stages_chained(tmp_path):
+    from simclrv2.artifacts import load_network
     from simclrv2.recipes import stages
 
-    pre = stages.pretrain(_load("pretrain", tmp_path / "pre", global_batch_size=16,
-                                knn_steps=2, knn_bank_size=300))
+    pre = stages.pretrain(_load("pretrain", tmp_path / "pre", model="r18_0.25x_sk0",
+                                global_batch_size=16, knn_steps=2, knn_bank_size=300))
     assert pre["status"] == "done" and pre["steps"] == 3
     assert 0.0 <= pre["knn_top1"] <= 1.0
     # Pretraining reads the images unlabeled; a -1 label reaching the loss would have raised.
@@ -38,7 +40,7 @@ def test_fmnist_stages_chained(tmp_path):
     assert pre["model"].input_shape[1:] == (16, 16, 3)
     # Later stages read the run dir's checkpoint: every variable, BN statistics included, must
     # come back (3 steps barely move the weights, so compare exactly, not "close to init").
-    restored = {v.path: v.numpy() for v in stages.load_network(tmp_path / "pre").weights}
+    restored = {v.path: v.numpy() for v in load_network(tmp_path / "pre").weights}
     trained = {v.path: v.numpy() for v in pre["model"].weights}
     assert restored.keys() == trained.keys()
     assert all(np.array_equal(restored[k], trained[k]) for k in trained)
@@ -64,7 +66,7 @@ def test_fmnist_stages_chained(tmp_path):
     assert not np.allclose(first_conv.numpy(), 0.0)
 
     dist = stages.distill(_load("distill", tmp_path / "dist", teacher=tmp_path / "ft",
-                                global_batch_size=16))
+                                student="r18_0.125x_sk0", global_batch_size=16))
     assert dist["status"] == "done" and 0.0 <= dist["test_top1"] <= 1.0
     student = dist["model"]
     assert student.simclr_config.width == 0.125

@@ -177,3 +177,14 @@ def test_lr_scaling():
     assert optim.scaled_lr(0.1, 4096, "sqrt") == pytest.approx(6.4)  # the paper's 6.4
     with pytest.raises(ValueError, match="learning_rate_scaling"):
         optim.scaled_lr(0.1, 256, "cubic")
+
+
+def test_accuracy_is_one_rule_for_steps_and_reports():
+    logits = tf.constant([[0.2, 0.7, 0.1], [1.0, 1.0, 0.0], [0.0, 0.3, 0.2]], tf.bfloat16)
+    labels = tf.constant([1, 1, 2], tf.int64)
+    # Row 1 ties classes 0 and 1: the first wins, so it counts as wrong here.
+    in_step = objectives.top1_accuracy(logits, labels)
+    assert in_step.dtype == tf.float32 and float(in_step) == pytest.approx(1 / 3)
+    reported = objectives.top1_accuracy(logits, labels, dtype=tf.float64)
+    assert reported.dtype == tf.float64 and float(reported) == 1 / 3
+    assert float(objectives.accuracy(np.array([3, 1, 4, 1]), np.array([3, 1, 0, 0]))) == 0.5

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -99,38 +98,6 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert not (tmp_path / "nan" / "model.keras").exists()
 
 
-def test_final_model_save_never_leaves_a_broken_model_keras(tmp_path):
-    import zipfile
-
-    import simclrv2.zoo as zoo
-    from simclrv2.recipes import stages
-
-    class Killed(BaseException):
-        """Stands in for a SIGKILL arriving while the zip is being written."""
-
-    class KilledMidSave:
-        def save(self, path):
-            with open(path, "wb") as f:
-                f.write(b"PK\x03\x04 the first bytes of a zip")
-            raise Killed
-
-    config = C.from_dict("pretrain", dict(TINY, model_dir=str(tmp_path)))
-    with pytest.raises(Killed):
-        stages._finish(config, tmp_path, "pretrain", {"status": "done"}, KilledMidSave(), True,
-                       time.time())
-    assert not (tmp_path / "model.keras").exists() and list(tmp_path.iterdir()) == []
-    model = zoo.build("r18_0.125x_sk0", num_classes=2, input_shape=(16, 16, 3))
-    result = stages._finish(config, tmp_path, "pretrain", {"status": "done"}, model, True,
-                            time.time())
-    assert zipfile.is_zipfile(result["keras_path"])
-    before = (tmp_path / "model.keras").read_bytes()
-    with pytest.raises(Killed):
-        stages._finish(config, tmp_path, "pretrain", {"status": "done"}, KilledMidSave(), True,
-                       time.time())
-    assert (tmp_path / "model.keras").read_bytes() == before  # the earlier one stays whole
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.keras", "result.json"]
-
-
 def test_resume_walks_back_past_a_damaged_checkpoint(tmp_path, capfd):
     import tensorflow as tf
     from simclrv2.recipes import engine, stages
@@ -194,42 +161,3 @@ def test_cli_rejects_unknown_option_without_starting_tensorflow(capsys):
     assert "unknown option --bogus" in capsys.readouterr().err
     assert cli.finetune_main(["--recipe=fmnist_finetune", "--print-config"]) == 0
     assert json.loads(capsys.readouterr().out)["ft_proj_selector"] == 1
-
-
-def test_inference_traces_each_new_model_once_without_retracing_warnings_and_lets_it_go():
-    """A process running several stages (the main job, the semi-supervised benchmark) evaluates
-    many models: each is traced once, TF does not warn about retracing, and the trace cache does
-    not keep a model alive."""
-    import gc
-    import logging
-    import weakref
-
-    import tensorflow as tf
-
-    import simclrv2.zoo as zoo
-    from simclrv2.recipes import stages
-
-    images = np.random.default_rng(0).uniform(0, 1, (4, 16, 16, 3)).astype(np.float32)
-    dataset = tf.data.Dataset.from_tensor_slices((images, np.arange(4))).batch(4)
-    messages = []
-    handler = logging.Handler()
-    handler.emit = lambda record: messages.append(record.getMessage())
-    logger = logging.getLogger("tensorflow")
-    logger.addHandler(handler)
-    models = []
-    try:
-        for _ in range(6):  # TF warns from 5 traces among its last calls of one function
-            model = zoo.build("r18_0.125x_sk0", num_classes=3, input_shape=(16, 16, 3))
-            logits, labels = stages._predict(model, "logits_sup", dataset)
-            assert logits.shape == (4, 3) and logits.dtype == np.float32
-            np.testing.assert_array_equal(labels, np.arange(4))
-            again, _ = stages._predict(model, "logits_sup", dataset)
-            np.testing.assert_array_equal(again, logits)
-            assert stages._PREDICT_FNS[model]["logits_sup"].experimental_get_tracing_count() == 1
-            models.append(weakref.ref(model))
-            del model
-    finally:
-        logger.removeHandler(handler)
-    assert not [m for m in messages if "retracing" in m], messages
-    gc.collect()
-    assert [ref() for ref in models] == [None] * 6

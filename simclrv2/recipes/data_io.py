@@ -237,6 +237,15 @@ def finetune_dataset(source: Source, batch_size, image_size, seed, start_batch=0
                                     start_batch=start_batch)
 
 
+def finetune_batches(config, source: Source):
+    """start_batch -> the fine-tuning stream of `source` (fine-tuning's and distillation's
+    batches), so that a resumed run starts at its next batch."""
+    def dataset_fn(start_batch):
+        return finetune_dataset(source, config.global_batch_size, config.image_size, config.seed,
+                                start_batch=start_batch)
+    return dataset_fn
+
+
 def eval_dataset(source: Source, batch_size, image_size):
     if source.synthetic:
         images = tf.image.resize(tf.image.convert_image_dtype(source.images, tf.float32),

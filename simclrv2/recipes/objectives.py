@@ -1,4 +1,4 @@
-"""Losses and monitors of the three SimCLRv2 stages.
+"""Losses and monitors of the SimCLRv2 stages, accuracy included.
 
 Everything here is plain TensorFlow on tensors, so it can be checked against numpy and runs the
 same in any replica context.
@@ -67,11 +67,23 @@ def nt_xent_loss(hidden, temperature=0.1, hidden_norm=True):
     return nt_xent_gathered(h1, h2, h1_all, h2_all, replica_id, temperature)
 
 
+def accuracy(predictions, labels, dtype=tf.float32):
+    """The fraction of predicted class ids equal to their labels, as a `dtype` scalar: float32
+    inside a training step (TPUs compute no float64), float64 for a reported figure, which is
+    then the exact ratio of counts."""
+    hits = tf.equal(tf.cast(predictions, tf.int32), tf.cast(labels, tf.int32))
+    return tf.reduce_mean(tf.cast(hits, dtype))
+
+
+def top1_accuracy(logits, labels, dtype=tf.float32):
+    """`accuracy` of the highest-scoring class (the first one on a tie)."""
+    return accuracy(tf.argmax(logits, axis=-1, output_type=tf.int32), labels, dtype)
+
+
 def contrastive_metrics(logits_ab, labels):
     """(accuracy of finding the positive among view-2 candidates, mean entropy of that softmax)."""
     width = tf.shape(logits_ab)[1]
-    target = tf.argmax(labels[:, :width], axis=1)
-    acc = tf.reduce_mean(tf.cast(tf.equal(target, tf.argmax(logits_ab, axis=1)), tf.float32))
+    acc = top1_accuracy(logits_ab, tf.argmax(labels[:, :width], axis=1))
     prob = tf.nn.softmax(logits_ab)
     entropy = -tf.reduce_mean(tf.reduce_sum(prob * tf.math.log(prob + 1e-8), axis=-1))
     return acc, entropy
@@ -118,5 +130,4 @@ def knn_predict(query, bank, bank_labels, num_classes, k=200, temperature=0.1, c
 def knn_top1(query, query_labels, bank, bank_labels, num_classes, k=200, temperature=0.1):
     """Top-1 accuracy (0..1) of `knn_predict`."""
     pred = knn_predict(query, bank, bank_labels, num_classes, k=k, temperature=temperature)
-    return float(tf.reduce_mean(tf.cast(tf.equal(pred, tf.cast(query_labels, tf.int32)),
-                                        tf.float32)))
+    return float(accuracy(pred, query_labels))

@@ -1,0 +1,86 @@
+"""What the stages report: a network's outputs over an evaluation set, top-1 on the evaluation
+split (test, or the validation images held out of training), and the kNN monitor."""
+
+from __future__ import annotations
+
+import functools
+import weakref
+
+import numpy as np
+import tensorflow as tf
+
+from simclrv2.artifacts import endpoint
+from simclrv2.recipes import data_io, engine, objectives
+
+# One traced inference function per (model, endpoint): a new tf.function on every call retraced
+# the model each time (and TF warned about it).
+_PREDICT_FNS = weakref.WeakKeyDictionary()
+
+
+def _float32_endpoint(network, key, images):
+    return tf.cast(endpoint(network, images, key), tf.float32)
+
+
+def predict(model, key, dataset, limit=0):
+    """(outputs[key], labels) of `dataset` in inference mode, as numpy arrays; `model` is a
+    Keras model or an ExportedNetwork. With `limit`, its first `limit` examples only."""
+    fns = _PREDICT_FNS.setdefault(model, {})
+    if key not in fns:
+        # A partial, not a lambda: TF counts the traces of every tf.function made from one code
+        # object together, so each new model's first trace (a process running several stages)
+        # read as retracing and TF warned that "tracing is expensive". It holds a weak proxy:
+        # a strong reference from the cache's value would keep its key, the model, alive.
+        fns[key] = tf.function(functools.partial(_float32_endpoint, weakref.proxy(model), key),
+                               reduce_retracing=True, autograph=False)
+    fn = fns[key]
+    outs, labels, seen = [], [], 0
+    for images, y in dataset:
+        outs.append(fn(images).numpy())
+        labels.append(np.asarray(y))
+        seen += len(labels[-1])
+        if limit and seen >= limit:
+            break
+    outs, labels = np.concatenate(outs), np.concatenate(labels)
+    return (outs[:limit], labels[:limit]) if limit else (outs, labels)
+
+
+def top1(scores, labels) -> float:
+    """Top-1 accuracy of class scores [N, classes] against integer labels [N]."""
+    return float(objectives.top1_accuracy(scores, labels, dtype=tf.float64))
+
+
+def eval_split(config):
+    """(source, batched dataset) of the split the config's top-1 is measured on."""
+    source = data_io.evaluation_source(config)
+    return source, data_io.eval_dataset(source, config.eval_batch_size, config.image_size)
+
+
+def eval_top1(config, model, model_dir, step, chief):
+    """Top-1 of the supervised head on the evaluation split (test or validation), also logged to
+    metrics.jsonl under config.top1_key."""
+    _, test_ds = eval_split(config)
+    logits, labels = predict(model, "logits_sup", test_ds, config.num_eval_examples)
+    score = top1(logits, labels)
+    engine.RunLog(model_dir, chief).write(step, {config.top1_key: score}, "eval")
+    return score
+
+
+def knn_bank(config, labeled):
+    """The kNN monitor's memory bank: `labeled` (config.knn_bank_size class-balanced examples of
+    it when set), batched for inference."""
+    source = labeled if not config.knn_bank_size else data_io.subset(
+        labeled, min(1.0, config.knn_bank_size / len(labeled)), config.seed)
+    return data_io.eval_dataset(source, config.eval_batch_size, config.image_size)
+
+
+def monitor_scores(config, model, bank_ds, test_ds, num_classes, linear):
+    """Pretraining's monitors on the evaluation split: kNN top-1 of the pooled features against
+    the bank, and the linear head's top-1 when `linear`."""
+    bank, bank_labels = predict(model, "final_avg_pool", bank_ds)
+    query, query_labels = predict(model, "final_avg_pool", test_ds, config.num_eval_examples)
+    scores = {"knn_top1": objectives.knn_top1(query, query_labels, bank, bank_labels, num_classes,
+                                              config.knn_k, config.knn_temperature)}
+    if linear:
+        logits, labels = predict(model, "logits_sup", test_ds, config.num_eval_examples)
+        scores["linear_top1"] = top1(logits, labels)
+    return scores
