@@ -16,7 +16,7 @@ def test_every_stage_of_the_config_has_a_function():
 
 def test_the_package_runs_the_same_functions():
     by_name = {"pretrain": "pretrain", "finetune": "finetune", "lineareval": "linear_eval",
-               "distill": "distill"}
+               "distill": "distill", "pixels": "pixels"}
     assert sorted(by_name) == sorted(stages.STAGE_FUNCTIONS)
     for stage, attribute in by_name.items():
         assert getattr(stages, attribute) is stages.STAGE_FUNCTIONS[stage]

@@ -1,4 +1,5 @@
-"""The SimCLRv2 training stages (pretrain, finetune, linear eval, distill) and their recipes.
+"""The SimCLRv2 training stages (pretrain, finetune, linear eval, distill), the raw-pixel
+baseline (pixels) and their recipes.
 
     from simclrv2.recipes import load_config, pretrain
     result = pretrain(load_config("pretrain", "fmnist_pretrain", {"train_steps": "100"}))
@@ -7,7 +8,7 @@ TensorFlow is imported only when a stage runs.
 """
 
 from simclrv2.recipes.config import (ConfigError, DistillConfig, FinetuneConfig, LinearEvalConfig,
-                                     PretrainConfig, list_recipes)
+                                     PixelsConfig, PretrainConfig, list_recipes)
 from simclrv2.recipes.config import load as load_config
 
 
@@ -31,5 +32,11 @@ def distill(config):
     return run(config)
 
 
-__all__ = ["ConfigError", "DistillConfig", "FinetuneConfig", "LinearEvalConfig", "PretrainConfig",
-           "distill", "finetune", "linear_eval", "list_recipes", "load_config", "pretrain"]
+def pixels(config):
+    from simclrv2.recipes.stages import pixels as run
+    return run(config)
+
+
+__all__ = ["ConfigError", "DistillConfig", "FinetuneConfig", "LinearEvalConfig", "PixelsConfig",
+           "PretrainConfig", "distill", "finetune", "linear_eval", "list_recipes", "load_config",
+           "pixels", "pretrain"]

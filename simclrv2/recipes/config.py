@@ -209,8 +209,26 @@ class DistillConfig(RunConfig):
         _check_label_fraction(self)
 
 
+@dataclasses.dataclass
+class PixelsConfig(RunConfig):
+    """The baseline every learned feature has to beat: softmax regression (L-BFGS) on the raw
+    pixels of the training images at their stored size (image_size does not apply)."""
+
+    max_iterations: int = 300  # L-BFGS iterations
+    max_train_examples: int = 0  # fit to the first N training images (0 = all of them)
+    weight_decay: float = 1e-4  # the regression's L2 penalty
+
+    def validate(self):
+        super().validate()
+        if self.max_iterations < 1:
+            raise ConfigError(f"max_iterations must be >= 1, got {self.max_iterations}")
+        if self.max_train_examples < 0:
+            raise ConfigError(f"max_train_examples must be >= 0 (0 = every training image), "
+                              f"got {self.max_train_examples}")
+
+
 STAGES = {"pretrain": PretrainConfig, "finetune": FinetuneConfig,
-          "lineareval": LinearEvalConfig, "distill": DistillConfig}
+          "lineareval": LinearEvalConfig, "distill": DistillConfig, "pixels": PixelsConfig}
 
 
 def _check_label_fraction(config):

@@ -1,4 +1,5 @@
-"""Linear evaluation: a linear classifier on the frozen features of a trained network."""
+"""Linear classifiers on fixed features: the linear evaluation of a trained network's features,
+and the baseline every learned feature has to beat, the same regression on the raw pixels."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from simclrv2 import baselines
 from simclrv2.artifacts import check_endpoint, load_network
 from simclrv2.recipes import (data_io, engine, evaluation, objectives, optim, run_lifecycle,
                               weight_updates)
+from simclrv2.recipes.config import ConfigError
 
 
 def linear_eval(config) -> dict:
@@ -96,3 +98,36 @@ def _fit_lbfgs(config, features, labels, test_features, num_classes):
     loss = float(np.mean(np.log(np.exp(logits).sum(1)) - logits[np.arange(len(labels)), labels]))
     return iterations, loss, train_scores, baselines.predict(weights, test_features)
 
+
+def _images_of(source, dataset):
+    """The uint8 images [N, H, W, C] of a split held in memory."""
+    images = source.images if source.synthetic else source.native.images
+    if images is None:
+        raise ConfigError(f"the pixel baseline reads images held in memory as arrays; {dataset} "
+                          f"is read from image files: give an array dataset (fashion_mnist, "
+                          f"cifar10, ...)")
+    return images
+
+
+def pixels(config) -> dict:
+    """The raw-pixel baseline: softmax regression fitted by L-BFGS (config.max_iterations,
+    weight_decay as its L2) to the pixels of the training images (the first
+    max_train_examples of them when set); reports top-1 on the evaluation split. The images
+    are read at their stored size, whatever image_size says: no network, no TensorFlow step."""
+    started = time.time()
+    model_dir = run_lifecycle.make_model_dir(config)
+    train = data_io.training_source(config, labeled=True)
+    evaluated = data_io.evaluation_source(config)
+    if config.max_train_examples:
+        train = data_io.take(train, np.arange(min(len(train), config.max_train_examples)))
+    limit = config.num_eval_examples or len(evaluated)
+    weights = baselines.fit_logistic_regression(
+        baselines.pixels(_images_of(train, config.dataset)), train.labels,
+        config.num_classes or train.num_classes, l2=config.weight_decay,
+        max_iterations=config.max_iterations, seed=config.seed)
+    scores = baselines.predict(weights,
+                               baselines.pixels(_images_of(evaluated, config.dataset)[:limit]))
+    result = {"status": "done", "eval_split": config.eval_split, "num_labeled": len(train),
+              "max_iterations": config.max_iterations,
+              config.top1_key: evaluation.top1(scores, evaluated.labels[:limit])}
+    return run_lifecycle.finish(config, model_dir, "pixels", result, None, True, started)
