@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import pathlib
 import platform
@@ -101,7 +102,9 @@ def parse_args(argv):
 
 
 def _arch(width):
-    return f"r18_{width:g}x_sk0"
+    from simclrv2.main_job.plan import architecture
+
+    return architecture(width)
 
 
 def stage_runs(widths, seeds):
@@ -123,45 +126,52 @@ def plan_steps(costs, budget_s, widths, seeds):
     step}. Every supervised run (fine-tuned or from scratch, any width) trains for the same
     number of steps per label fraction (`supervised` is the 1% count; see
     FRACTION_STEP_WEIGHTS), and every distillation the same, so that rows compare at equal
-    steps."""
+    steps. What is left after the fixed costs is shared out by PLAN_SHARES (simclrv2.budget)."""
+    from simclrv2 import budget
+
     runs = stage_runs(widths, seeds)
     fixed = sum(costs["linear"] if kind == "linear" else costs["fixed"] for kind, _, _ in runs)
-    left = max(0.0, budget_s - fixed)
-    pretrain = {w: max(MIN_STEPS, int(left * PLAN_SHARES["pretrain"] / len(widths)
-                                      / costs[("pretrain", w)])) for w in widths}
     # Every (width, seed) runs each of SUPERVISED_KEYS once, so the weights average out.
     weight = (sum(FRACTION_STEP_WEIGHTS[_percent(k)] for k in SUPERVISED_KEYS)
               / len(SUPERVISED_KEYS))
-    per_supervised_step = weight * sum(costs[("supervised", w)] for kind, w, _ in runs
-                                       if kind == "supervised")
-    per_distill_step = sum(costs[("distill", *pair)] for kind, pair, _ in runs
-                           if kind == "distill")
-    return {"pretrain": pretrain,
-            "supervised": max(MIN_STEPS, int(left * PLAN_SHARES["supervised"]
-                                             / per_supervised_step)),
-            "distill": max(MIN_STEPS, int(left * PLAN_SHARES["distill"] / per_distill_step))}
+    cost = {("pretrain", w): costs[("pretrain", w)] for w in widths}
+    cost["supervised"] = weight * sum(costs[("supervised", w)] for kind, w, _ in runs
+                                      if kind == "supervised")
+    cost["distill"] = sum(costs[("distill", *pair)] for kind, pair, _ in runs
+                          if kind == "distill")
+    share = {("pretrain", w): PLAN_SHARES["pretrain"] / len(widths) for w in widths}
+    share.update(supervised=PLAN_SHARES["supervised"], distill=PLAN_SHARES["distill"])
+    # A base plan whose steps take each kind's share of one second: scaled to fit, each kind
+    # gets its share of the time left.
+    base = {kind: share[kind] / cost[kind] for kind in cost}
+    scale, _ = budget.fit_scale(budget_s, fixed, base, cost)
+    steps = {kind: budget.scaled(n, max(scale, 0.0), MIN_STEPS, rounding=math.floor)
+             for kind, n in base.items()}
+    return {"pretrain": {w: steps[("pretrain", w)] for w in widths},
+            "supervised": steps["supervised"], "distill": steps["distill"]}
 
 
 class Runner:
     def __init__(self, args, work):
-        from simclrv2 import main_job
-
         self.args, self.work = args, pathlib.Path(work)
-        self.recipes = {"pretrain": main_job.PRETRAIN, "supervised": main_job.SUPERVISED,
-                        "distill": main_job.DISTILL, "linear": main_job.LINEAR}
         self.seconds = {}  # stage run name -> wall seconds, kept in the JSON
         self.common = dict(dataset="fashion_mnist", image_size=args.image_size, log_steps=50,
                            eval_batch_size=500, num_eval_examples=args.eval_examples,
                            progress_bar=False, checkpoint_steps=10_000)
 
-    def stage(self, kind, name, **values):
+    def stage(self, recipe_kind, name, **values):
+        """A stage run from the main job's recipe file of that kind (simclrv2.main_job.settings),
+        with this benchmark's common values and the run's own on top."""
         import keras
 
+        from simclrv2.main_job import settings
         from simclrv2.recipes import config as C
         from simclrv2.recipes import stages
 
         started = time.time()
-        config = C.from_dict(kind, dict(self.common, model_dir=str(self.work / name), **values))
+        kind = settings.recipe_stage(recipe_kind)
+        config = C.from_dict(kind, {**settings.recipe(recipe_kind), **self.common,
+                                    "model_dir": str(self.work / name), **values})
         result = stages.STAGE_FUNCTIONS[kind](config)
         result.pop("model", None)
         keras.backend.clear_session()
@@ -172,28 +182,29 @@ class Runner:
         return top1
 
     def supervised(self, name, seed, fraction, steps, **values):
-        return self.stage("finetune", name, **{**self.recipes["supervised"], **dict(
-            seed=seed, label_seed=seed, label_fraction=fraction, train_steps=steps,
+        """Fine-tuning (with `checkpoint`) or the same run from scratch (with `model`): both at
+        the fine-tuning recipe's learning rate, so that the two differ only in the start."""
+        return self.stage("finetune", name, **{**dict(
+            checkpoint="", seed=seed, label_seed=seed, label_fraction=fraction, train_steps=steps,
             ft_proj_selector=1), **values})
 
     def pretrain(self, name, width, steps, **values):
-        return self.stage("pretrain", name, **{**self.recipes["pretrain"], **dict(
+        return self.stage("pretrain", name, **{**dict(
             model=_arch(width), seed=0, train_steps=steps, lineareval_while_pretraining=False,
             knn_steps=0, knn_bank_size=5000), **values})
 
     def linear(self, name, pretrained):
-        return self.stage("lineareval", name, **{**self.recipes["linear"], **dict(
-            checkpoint=str(self.work / pretrained / "model.keras"), label_fraction=1.0)})
+        return self.stage("lineareval", name, checkpoint=str(self.work / pretrained / "model.keras"),
+                          label_fraction=1.0)
 
     def distill(self, name, teacher, student_width, seed, steps, **values):
-        return self.stage("distill", name, **{**self.recipes["distill"], **dict(
-            teacher=str(self.work / teacher), student=_arch(student_width), seed=seed,
-            train_steps=steps), **values})
+        return self.stage("distill", name, teacher=str(self.work / teacher),
+                          student=_arch(student_width), seed=seed, train_steps=steps, **values)
 
 
 def calibrate(runner, widths):
     """Step costs and fixed costs measured with a few steps of each kind of stage run."""
-    from simclrv2.main_job import step_seconds
+    from simclrv2.budget import step_seconds
 
     n, costs, fixed = CALIBRATION_STEPS, {}, []
     quick = dict(log_steps=1, num_eval_examples=500)

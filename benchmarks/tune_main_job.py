@@ -131,11 +131,12 @@ def main(argv=None):
         command += extra
         # Step counts not varied are the job's defaults as they stand, not sized to this host's
         # budget (no probe): variants compare at the steps they name.
-        from simclrv2.main_job import DEFAULTS, STEP_OPTIONS
-        for option in STEP_OPTIONS:
+        from simclrv2.main_job import settings
+        defaults = settings.defaults()
+        for option in settings.STEP_OPTIONS:
             flag = "--" + option.replace("_", "-")
             if flag not in extra:
-                value = DEFAULTS[option]
+                value = defaults[option]
                 command += [flag, ",".join(map(str, value)) if isinstance(value, tuple)
                             else str(value)]
         print(f"{name}: {' '.join(command[3:])}", flush=True)

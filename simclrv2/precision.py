@@ -36,18 +36,31 @@ class Precision:
         return f"precision {self.policy} ({self.requested}: {self.reason})"
 
 
-def cpu_flags(path: str = CPUINFO) -> frozenset:
-    """The feature flags of the first CPU in /proc/cpuinfo; empty where there is no such file
-    (macOS, Windows): `auto` then stays in float32."""
+def _cpuinfo_field(name, path):
+    """The value of `name` for the first CPU in /proc/cpuinfo; None where there is no such file
+    (macOS, Windows) or field."""
     try:
         text = pathlib.Path(path).read_text()
     except OSError:
-        return frozenset()
+        return None
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            return frozenset(value.split())
-    return frozenset()
+        if key.strip() == name:
+            return value.strip()
+    return None
+
+
+def cpu_flags(path: str = CPUINFO) -> frozenset:
+    """The feature flags of the first CPU in /proc/cpuinfo; empty where there is no such file:
+    `auto` then stays in float32."""
+    return frozenset((_cpuinfo_field("flags", path) or "").split())
+
+
+def cpu_model(path: str = CPUINFO) -> str:
+    """The first CPU's model name, as /proc/cpuinfo gives it (else the platform's word)."""
+    import platform
+
+    return _cpuinfo_field("model name", path) or platform.processor() or "unknown"
 
 
 def resolve(requested: str = "auto", *, strategy: str = "default", gpus: int = 0,

@@ -1,0 +1,166 @@
+"""The main job's report: the results table (one row per evaluated model, baselines included),
+its aims judged as stated, the plot of top-1 against the label fraction, and what ran it."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+from simclrv2.main_job.run_dir import stage_result
+from simclrv2.plotting import label_fraction_axes, save_label_fraction_plot
+
+TRAIN_SIZE = 60000
+
+
+def top1_of(result):
+    """A stage's headline figure: top-1 on the evaluation split, or the kNN monitor's for
+    pretraining."""
+    for key in ("test_top1", "validation_top1"):
+        if result.get(key) is not None:
+            return result[key]
+    return result.get("knn_top1")
+
+
+def _labels_used(fraction):
+    return f"{int(round(fraction * TRAIN_SIZE))} ({fraction * 100:g}%)"
+
+
+def collect(job, stages, args):
+    """The results table: one row per evaluated model, baselines included; `job` is job.json."""
+    walls = job.get("stage_wall_s", {})
+    rows = []
+    for name, kind, overrides in stages:
+        result = stage_result(overrides)
+        fraction = overrides.get("label_fraction", 1.0)
+        labels = result.get("num_labeled")
+        row = dict(stage=name, label_fraction=fraction,
+                   labels_used=(f"{labels} ({fraction * 100:g}%)" if labels
+                                else _labels_used(fraction)),
+                   top1=top1_of(result), wall_s=walls.get(name))
+        if result.get("precision"):  # the trained stages: which dtype policy they ran in
+            row["precision"] = result["precision"]["policy"]
+        if kind == "pixels":
+            row.update(method="baseline: logistic regression on raw pixels")
+            if labels and overrides.get("max_train_examples"):
+                row["labels_used"] = f"{labels} (--quick)"
+        elif kind == "pretrain":
+            row.update(method=f"kNN monitor (k=200) on SimCLR features, {overrides['model']}",
+                       label_fraction=0.0,
+                       labels_used=f"{overrides['knn_bank_size']} (kNN bank only)")
+        elif kind == "lineareval":
+            row.update(method=f"SimCLR linear eval, {args.width:g}x")
+        elif name.startswith("finetune"):
+            row.update(method=f"SimCLRv2 fine-tuned (teacher), {args.width:g}x")
+        elif name.startswith("scratch"):
+            row.update(method=f"baseline: same network from scratch, {args.width:g}x")
+        elif kind == "distill":
+            row.update(method=f"distilled student {args.student_width:g}x (10% teacher)",
+                       label_fraction=0.1, labels_used=_labels_used(0.1) + " via teacher")
+        else:
+            row.update(method=f"baseline: student {args.student_width:g}x on the 10% labels")
+        rows.append(row)
+    return rows
+
+
+def training_precision(stages):
+    """The pretraining stage's precision record (requested, policy, reason), else the first
+    trained stage's; None when no stage has one."""
+    for name, kind, overrides in sorted(stages, key=lambda st: st[1] != "pretrain"):
+        result = stage_result(overrides)
+        if result.get("precision"):
+            return result["precision"]
+    return None
+
+
+def aims(rows):
+    """(aim, met or None when a figure is missing, figures) for each aim of the job."""
+    top1 = {r["stage"]: r["top1"] for r in rows}
+
+    def judged(text, figures, test):
+        missing = any(v is None for v in figures.values())
+        return {"aim": text, "met": None if missing else bool(test(figures)), "figures": figures}
+
+    return [
+        judged("linear eval on 100% of the labels >= logistic regression on raw pixels",
+               {"linear_eval_100pct": top1.get("lineareval_100pct"), "pixels": top1.get("pixels")},
+               lambda f: f["linear_eval_100pct"] >= f["pixels"]),
+        judged("fine-tuned on 1% >= from scratch on 1% + 5 points",
+               {"finetune_1pct": top1.get("finetune_1pct"), "scratch_1pct": top1.get("scratch_1pct")},
+               lambda f: f["finetune_1pct"] >= f["scratch_1pct"] + 0.05),
+        judged("fine-tuned on 10% >= fine-tuned on 1%",
+               {"finetune_10pct": top1.get("finetune_10pct"),
+                "finetune_1pct": top1.get("finetune_1pct")},
+               lambda f: f["finetune_10pct"] >= f["finetune_1pct"]),
+        judged("distilled student >= the same student trained on the teacher's 10% labels",
+               {"distilled": top1.get("distill"), "student_10pct": top1.get("student_10pct")},
+               lambda f: f["distilled"] >= f["student_10pct"]),
+    ]
+
+
+def print_table(rows, eval_name):
+    print(f"\nFashion-MNIST top-1 on {eval_name}")
+    header = f"{'method':<52} {'labels used':<24} {'top-1':>7} {'wall':>8}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        top1 = "-" if r["top1"] is None else f"{100 * r['top1']:.2f}%"
+        wall = "-" if r["wall_s"] is None else f"{r['wall_s']:.0f}s"
+        print(f"{r['method']:<52} {r['labels_used']:<24} {top1:>7} {wall:>8}")
+
+
+def print_aims(judged):
+    print()
+    for aim in judged:
+        status = {True: "MET   ", False: "MISSED", None: "n/a   "}[aim["met"]]
+        figures = ", ".join(f"{k} {'-' if v is None else f'{100 * v:.2f}%'}"
+                            for k, v in aim["figures"].items())
+        print(f"{status} {aim['aim']}: {figures}")
+
+
+def plot(rows, path, title, ylabel):
+    fig, ax, _ = label_fraction_axes(figsize=(6.4, 4.4))
+
+    def curve(prefix):
+        return sorted((r["label_fraction"] * 100, r["top1"] * 100) for r in rows
+                      if r["stage"].startswith(prefix) and r["top1"] is not None)
+
+    for prefix, label, style in (("finetune", "SimCLRv2 fine-tuned", "s-"),
+                                 ("lineareval", "SimCLR linear eval", "o--"),
+                                 ("scratch", "same network from scratch", "v:")):
+        points = curve(prefix)
+        if points:
+            ax.plot(*zip(*points), style, label=label)
+    for r in rows:
+        if r["top1"] is None:
+            continue
+        if r["stage"] == "distill":
+            ax.plot([10], [r["top1"] * 100], "r*", markersize=12, label=r["method"])
+        elif r["stage"] == "student_10pct":
+            ax.plot([10], [r["top1"] * 100], "kx", markersize=9, label=r["method"][10:])
+        elif r["stage"] == "pixels":
+            ax.axhline(r["top1"] * 100, color="gray", linestyle="--",
+                       label="logistic regression on raw pixels (100%)")
+    save_label_fraction_plot(fig, ax, path, xlabel="fraction of labels used", title=title,
+                             title_size=9, legend_size=7, ylabel=ylabel)
+
+
+def machine():
+    """The host the figures come from: its CPU model and the features that decide the training
+    precision (simclrv2.precision)."""
+    from simclrv2 import precision
+
+    flags = precision.cpu_flags()
+    return {"platform": platform.platform(), "cpus": os.cpu_count(),
+            "cpu_model": precision.cpu_model(),
+            "bfloat16_features": sorted(f for f in ("avx512_bf16", "amx_bf16", "amx_tile")
+                                        if f in flags)}
+
+
+def versions():
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    import simclrv2
+    return {"simclrv2": getattr(simclrv2, "__version__", "?"), "tensorflow": tf.__version__,
+            "keras": keras.__version__, "numpy": np.__version__, "python": platform.python_version()}

@@ -1,0 +1,71 @@
+"""The main job's settings: the recipe files it runs each kind of stage from, and the step plan.
+
+Every value that shapes a stage (learning rates, batch sizes, augmentation, network, image size,
+step counts) is read from the shipped recipe files through the same loader as `simclrv2
+pretrain --recipe NAME`: the job sets only what ties its stages together (directories, which
+checkpoint feeds which stage, label fractions, widths and step counts given on its command line).
+"""
+
+from __future__ import annotations
+
+import functools
+
+from simclrv2.zoo.config import parse_name
+
+# Kind of stage run -> the recipe it starts from.
+RECIPES = {"pixels": "fmnist_pixels", "pretrain": "fmnist_pretrain",
+           "lineareval": "fmnist_lineareval", "finetune": "fmnist_finetune",
+           "scratch": "fmnist_scratch", "distill": "fmnist_distill"}
+# The 1% fine-tuning (and from-scratch) run gets this share of the 10% run's steps: 600 images
+# are seen often in fewer steps, and more labels should not be judged at fewer epochs.
+ONE_PERCENT_STEP_SHARE = 0.5
+STEP_OPTIONS = ("steps", "finetune_steps", "distill_steps")
+# --quick: a smoke run of every stage and output on a small network at a small size.
+QUICK = dict(width=0.25, image_size=16, steps=6, finetune_steps=(4, 4), distill_steps=4)
+# The stage names --set may address (a prefix of the planned stages' names).
+SETTABLE = ("pixels", "pretrain", "lineareval", "finetune", "scratch", "distill", "student")
+# The job's budget: minutes of stage time. The default step counts fill it on the reference
+# host (REFERENCE, measured there with the default options: seconds per pretraining step, and the
+# stage time that does not depend on the step counts; docs/main_job.md); elsewhere the step
+# counts not given on the command line are scaled from a probe of the pretraining step.
+BUDGET_MINUTES = 9.5
+REFERENCE = dict(pretrain_step_s=0.40, fixed_s=161.0, stepped_s=426.0)
+PROBE_STEPS = 6
+# Never scale the plan below a quarter of the defaults (the figures would mean little) or above
+# twice (beyond what the settings were chosen for).
+SCALE_RANGE = (0.25, 2.0)
+# Within this fraction of the defaults they are kept as they are: the probe's few steps vary
+# by a few percent from run to run, and the reference host should run the validated plan.
+KEEP_DEFAULTS_WITHIN = 0.1
+
+
+@functools.lru_cache(maxsize=None)
+def _recipe_file(kind):
+    from simclrv2.recipes import config as config_lib
+
+    return config_lib.read_recipe(RECIPES[kind])
+
+
+def recipe(kind) -> dict:
+    """The settings of a kind of stage run, from its recipe file (annotations left out)."""
+    return {k: v for k, v in _recipe_file(kind).items() if k != "stage" and not k.startswith("_")}
+
+
+def recipe_stage(kind) -> str:
+    """The recipes' stage a kind of run is (scratch runs are fine-tuning runs)."""
+    return _recipe_file(kind)["stage"]
+
+
+def width_of(architecture) -> float:
+    return parse_name(architecture).width
+
+
+def defaults() -> dict:
+    """The default plan, from the recipes: the teacher's width, image size and step counts (the
+    student's width is half the teacher's, as the distillation recipe's is)."""
+    finetune = recipe("finetune")["train_steps"]
+    return dict(width=width_of(recipe("pretrain")["model"]),
+                image_size=recipe("pretrain")["image_size"],
+                steps=recipe("pretrain")["train_steps"],
+                finetune_steps=(max(1, round(finetune * ONE_PERCENT_STEP_SHARE)), finetune),
+                distill_steps=recipe("distill")["train_steps"])
