@@ -87,7 +87,7 @@ def main(argv=None):
     export_s = time.perf_counter() - start
     int8_s = None
     if not args.no_int8:
-        from simclrv2.export.quantize import calibration_set, quantize_int8
+        from simclrv2.export.int8 import calibration_set, quantize_int8
 
         probe = np.random.default_rng(1).uniform(0, 1, (100, size, size, 3)).astype(np.float32)
         start = time.perf_counter()
@@ -98,7 +98,7 @@ def main(argv=None):
 
     classifier = zoo.classifier_model(model)
     serving = tf.saved_model.load(os.path.join(out, "saved_model")).signatures["serving_default"]
-    from simclrv2.export.exporter import onnx_session_options
+    from simclrv2.export.onnx import onnx_session_options
 
     options = onnx_session_options(threads)
     session = ort.InferenceSession(os.path.join(out, "model.onnx"), options,

@@ -171,6 +171,27 @@ def finetune_dataset(source: Source, batch_size: int, image_size: Optional[int] 
     return _options(ds.prefetch(tf.data.AUTOTUNE))
 
 
+def eval_crop_proportion(image_size: int) -> float:
+    """The evaluation centre crop's share of the shorter side: 0.875, none at 32 px or less
+    (upstream)."""
+    return 1.0 if image_size <= aug.SMALL_IMAGE else aug.CROP_PROPORTION
+
+
+def preprocess_for_eval(image: tf.Tensor, image_size: int,
+                        crop_proportion: Optional[float] = None) -> tf.Tensor:
+    """One decoded image, uint8 [H, W, 3] -> float32 [S, S, 3] in [0, 1]: centre crop of
+    `crop_proportion` (default eval_crop_proportion) of the shorter side, bicubic resize, clip.
+    eval_dataset and the export's serving_bytes signature both preprocess with this."""
+    if crop_proportion is None:
+        crop_proportion = eval_crop_proportion(image_size)
+    shape = tf.shape(image)
+    y, x, h, w = tf.unstack(aug.center_crop_window(shape[0], shape[1], image_size,
+                                                   crop_proportion))
+    image = tf.image.convert_image_dtype(image[y:y + h, x:x + w], tf.float32)
+    image = tf.image.resize(image, [image_size, image_size], method="bicubic")
+    return tf.clip_by_value(image, 0.0, 1.0)  # bicubic overshoots
+
+
 def eval_dataset(source: Source, batch_size: int, image_size: Optional[int] = None,
                  crop_proportion: Optional[float] = None) -> tf.data.Dataset:
     """One pass in order, the last batch kept: `(images, labels)`.
@@ -181,15 +202,9 @@ def eval_dataset(source: Source, batch_size: int, image_size: Optional[int] = No
     _check_common(source, batch_size)
     size = _image_size(source, image_size)
     if crop_proportion is None:
-        crop_proportion = 1.0 if size <= aug.SMALL_IMAGE else aug.CROP_PROPORTION
+        crop_proportion = eval_crop_proportion(size)
     if not 0.0 < crop_proportion <= 1.0:
         raise ValueError(f"crop_proportion must be in (0, 1], got {crop_proportion}")
-
-    def crop_resize(image):  # one image [H, W, C] uint8 -> [S, S, C] float
-        shape = tf.shape(image)
-        y, x, h, w = tf.unstack(aug.center_crop_window(shape[0], shape[1], size, crop_proportion))
-        image = tf.image.convert_image_dtype(image[y:y + h, x:x + w], tf.float32)
-        return tf.image.resize(image, [size, size], method="bicubic")
 
     def finish(images, labels):
         if images.shape[-1] == 1:
@@ -218,6 +233,7 @@ def eval_dataset(source: Source, batch_size: int, image_size: Optional[int] = No
             ds = ds.map(lambda p, y: (tf.io.read_file(p), y))
         else:
             ds = source.stream()
-        ds = ds.map(lambda b, y: (crop_resize(decode_image(b)), y), num_parallel_calls=tf.data.AUTOTUNE)
-        ds = ds.batch(batch_size).map(finish)
+        ds = ds.map(lambda b, y: (preprocess_for_eval(decode_image(b), size, crop_proportion), y),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.batch(batch_size)
     return _options(ds.prefetch(tf.data.AUTOTUNE))

@@ -4,6 +4,7 @@ import argparse
 import sys
 
 from simclrv2 import errors
+from simclrv2.export import options
 
 EPILOG = """examples:
   simclrv2 export --model runs/fmnist_finetune --out exports/fmnist
@@ -33,14 +34,15 @@ def _parser():
                         "--overwrite). Temporary folders that killed exports left beside it "
                         "(.NAME.tmp-PID-*) are removed once their process is gone and they are "
                         "an hour old")
-    p.add_argument("--formats", default="savedmodel,onnx,keras",
-                   help="comma-separated subset of savedmodel,onnx,keras (default: all)")
+    p.add_argument("--formats", default=",".join(options.FORMATS),
+                   help=f"comma-separated subset of {','.join(options.FORMATS)} (default: all)")
     p.add_argument("--image-size", type=int, default=None,
                    help="square input side of the exported model (default: the model's "
                         "own; 224 for an any-size model, 32 with a CIFAR stem)")
-    p.add_argument("--temperature", type=float, default=1.0,
-                   help="default distillation temperature recorded in config.json (default 1.0)")
-    p.add_argument("--quantize", choices=["int8"], default=None,
+    p.add_argument("--temperature", type=float, default=options.DEFAULT_TEMPERATURE,
+                   help=f"default distillation temperature recorded in config.json (default "
+                        f"{options.DEFAULT_TEMPERATURE})")
+    p.add_argument("--quantize", choices=list(options.QUANTIZATIONS), default=None,
                    help="also write model.int8.onnx: onnxruntime's static int8 (QDQ) "
                         "quantization of model.onnx, checked by its top-1 (needs --calibration)")
     p.add_argument("--calibration", default=None, metavar="DATASET_OR_FOLDER",
@@ -48,14 +50,15 @@ def _parser():
                         "name (fashion_mnist, a tfds name) or an image folder; calibration "
                         "images come from its training split, check images from its test split "
                         "(else from other training images)")
-    p.add_argument("--calibration-examples", type=int, default=300,
-                   help="images to calibrate on (default 300)")
-    p.add_argument("--check-examples", type=int, default=1000,
-                   help="other images to check the int8 model on (default 1000)")
-    p.add_argument("--max-int8-drop", type=float, default=1.0,
+    p.add_argument("--calibration-examples", type=int, default=options.CALIBRATION_EXAMPLES,
+                   help=f"images to calibrate on (default {options.CALIBRATION_EXAMPLES})")
+    p.add_argument("--check-examples", type=int, default=options.CHECK_EXAMPLES,
+                   help=f"other images to check the int8 model on (default "
+                        f"{options.CHECK_EXAMPLES})")
+    p.add_argument("--max-int8-drop", type=float, default=options.MAX_INT8_DROP,
                    help="refuse the int8 model when its top-1 drops more than this many points "
                         "(without labels: when it disagrees with the float model on more than "
-                        "this percentage of the images); default 1.0")
+                        f"this percentage of the images); default {options.MAX_INT8_DROP}")
     p.add_argument("--data-dir", default=None,
                    help="where --calibration's dataset lives, as for the recipes")
     p.add_argument("--overwrite", action="store_true",
@@ -71,7 +74,7 @@ def export_main(argv=None) -> int:
     corrupt file, a full disk) is reported by simclrv2.errors: one line, exit 2. An artifact
     that does not match the Keras model is this command's own exit 1."""
     args = _parser().parse_args(argv)
-    from simclrv2.export.exporter import VerificationError, export_model
+    from simclrv2.export import VerificationError, export_model
 
     try:
         report = export_model(args.model, args.out, formats=args.formats,

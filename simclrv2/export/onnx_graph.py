@@ -5,9 +5,9 @@ features) as Reshapes to `[-1, C, 1, 1]`. ONNX shape inference cannot carry the 
 dimension through a -1, so every tensor downstream of the first SK gate gets a fresh unknown
 batch dimension. onnxruntime's NCHWc optimizer then cannot prove that a residual Add's two inputs
 have one shape, and falls back to a separate Add and Relu on reshaped tensors instead of folding
-both into the preceding convolution (r50_1x_sk1, batch 8: 10% of the run time in those Adds and
-Relus; 22.4 images/s with them, 24.9 with the batch fixed). A 0 in a Reshape's shape copies the
-input's dimension, symbol included, so `[0, C, 1, 1]` is the same reshape with the batch kept.
+both into the preceding convolution (docs/export.md has what that costs). A 0 in a Reshape's
+shape copies the input's dimension, symbol included, so `[0, C, 1, 1]` is the same reshape with
+the batch kept.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from simclrv2.zoo import official_format
 from simclrv2.zoo.config import DEPTHS, WIDTHS, ModelConfig, parse_name
 
 CONVERTER_VERSION = "2"
-RTOL = 1e-4
+RTOL = 1e-4  # the largest rel_diff an imported or exported output may have from its reference
 
 _RESNET = "model/resnet_model/"
 _PROJ = "model/_projection_head/linear_layers/"
@@ -225,12 +225,19 @@ def assign_weights(model, arrays, config=None):
 
 # --------------------------------------------------------------------------- verification
 
-def _rel_diff(ours, ref):
+def rel_diff(ours, ref):
+    """max |ours - ref| / max |ref|: how far an output is from its reference, relative to the
+    reference's scale (what RTOL bounds here and in the export's verification); inf for another
+    shape or a non-finite output."""
     ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
     if ours.shape != ref.shape:
         return float("inf")
-    scale = max(float(np.max(np.abs(ref))) if ref.size else 0.0, 1e-12)
-    return float(np.max(np.abs(ours - ref))) / scale if ref.size else 0.0
+    if not ref.size:
+        return 0.0
+    if not np.all(np.isfinite(ours)):
+        return float("inf")
+    scale = max(float(np.max(np.abs(ref))), 1e-12)
+    return float(np.max(np.abs(ours - ref))) / scale
 
 
 def probe_batch(input_shape, batch=2, seed=0, default_side=224):
@@ -288,7 +295,7 @@ def choose_selector(arrays, reference, config):
     diffs = {}
     for selector, h in enumerate(_projection_hiddens(arrays, reference["final_avg_pool"], config)):
         if h.shape[-1] == kernel.shape[0]:
-            diffs[selector] = _rel_diff(h @ kernel + bias, reference["logits_sup"])
+            diffs[selector] = rel_diff(h @ kernel + bias, reference["logits_sup"])
     if not diffs:
         raise ImportMismatchError(
             f"no hidden of {config.name} is {kernel.shape[0]} wide, the supervised head's input")
@@ -317,7 +324,7 @@ def compare_endpoints(model, reference, images):
     if missing:
         raise ImportMismatchError(
             f"the SavedModel returns {missing} but {model.name} does not; refusing to import")
-    return {k: _rel_diff(ours[k], v) for k, v in reference.items()}
+    return {k: rel_diff(ours[k], v) for k, v in reference.items()}
 
 
 # --------------------------------------------------------------------------- entry points
@@ -408,5 +415,6 @@ def convert_saved_model(saved_model_dir, out_path, architecture=None, input_shap
     return model
 
 
-__all__ = ["CONVERTER_VERSION", "ImportMismatchError", "assign_weights", "convert_saved_model",
-           "choose_selector", "import_saved_model", "infer_config", "official_to_keras_paths"]
+__all__ = ["CONVERTER_VERSION", "ImportMismatchError", "RTOL", "assign_weights",
+           "convert_saved_model", "choose_selector", "import_saved_model", "infer_config",
+           "official_to_keras_paths", "rel_diff"]

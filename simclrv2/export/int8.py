@@ -16,27 +16,19 @@ from typing import Optional
 
 import numpy as np
 
-from simclrv2.export.exporter import ExportError, VerificationError
+from simclrv2.export.errors import ExportError, QuantizationError
+from simclrv2.export.options import CALIBRATION_EXAMPLES, CHECK_EXAMPLES, MAX_INT8_DROP
 
 INT8_FILE = "model.int8.onnx"
-CALIBRATION_EXAMPLES = 300  # onnxruntime's MinMax calibration settles within a few hundred
-CHECK_EXAMPLES = 1000
-MAX_DROP_POINTS = 1.0
 MIN_CHECK_EXAMPLES = 50
 BATCH = 50
 SEED = 0
-LOGITS = "logits"  # the ONNX output the check reads (exporter.onnx_function)
-# x86 flags of int8 dot-product instructions, which onnxruntime's int8 kernels need to beat
-# float32: measured on a CPU without them (avx512bw only), the int8 r50_1x_sk1 ran at 0.65x the
-# float model's speed; on one with them (avx512_vnni, amx_int8), 3.1x (docs/export.md).
+LOGITS = "logits"  # the ONNX output the check reads (onnx.onnx_function)
+# x86 flags of int8 dot-product instructions, which onnxruntime's int8 kernels need to run
+# faster than float32 (docs/export.md has the figures with and without them).
 INT8_DOT_PRODUCT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
-# uint8 activations with int8 weights (U8S8): the form onnxruntime's x86 int8 kernels run fast
-# (VNNI multiplies unsigned by signed bytes); int8 activations (S8S8) measured 0.69x the float
-# model where U8S8 ran 3.15x (r50_1x_sk1, 224 px, batch 8, a VNNI/AMX CPU).
-
-
-class QuantizationError(VerificationError):
-    """The int8 model lost more top-1 than allowed; nothing was written."""
+# Activations are uint8 and weights int8 (U8S8): the form onnxruntime's x86 int8 kernels run
+# fast, since VNNI multiplies unsigned by signed bytes (docs/export.md compares S8S8).
 
 
 @dataclasses.dataclass
@@ -186,7 +178,7 @@ def _logits(onnx_path, images):
 
 
 def quantize_int8(float_onnx, out_path, images: CalibrationSet,
-                  max_drop_points: float = MAX_DROP_POINTS) -> dict:
+                  max_drop_points: float = MAX_INT8_DROP) -> dict:
     """Writes the int8 model to `out_path` and returns its check; raises QuantizationError (and
     removes `out_path`) when its top-1 drop (labels) or its disagreement with the float model
     (no labels: an upper bound of the drop) exceeds `max_drop_points`."""

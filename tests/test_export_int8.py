@@ -12,7 +12,7 @@ import tensorflow as tf
 import simclrv2.zoo as zoo
 from simclrv2.export import ExportError, export_model
 from simclrv2.export.cli import export_main
-from simclrv2.export.quantize import QuantizationError, calibration_set
+from simclrv2.export.int8 import QuantizationError, calibration_set
 
 SIDE = 16
 

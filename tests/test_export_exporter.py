@@ -1,12 +1,10 @@
-"""Export: SavedModel signatures, ONNX and .keras checked against the Keras model they came from,
-used the way a consumer would (TFSMLayer + fit, load_model + fit, onnxruntime, JPEG bytes)."""
+"""simclrv2.export.exporter, end to end: SavedModel signatures, ONNX and .keras checked against
+the Keras model they came from, used the way a consumer would (TFSMLayer + fit, load_model + fit,
+onnxruntime, JPEG bytes); the sources it takes; nothing written when verification fails."""
 
 import hashlib
 import json
 import os
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -22,7 +20,7 @@ import onnxruntime as ort  # noqa: E402
 import simclrv2.zoo as zoo  # noqa: E402
 from official_format_writer import write_official_saved_model  # noqa: E402
 from simclrv2.export import ExportError, VerificationError, export_model  # noqa: E402
-from simclrv2.export import exporter  # noqa: E402
+from simclrv2.export import onnx as onnx_export  # noqa: E402
 from simclrv2.export.cli import export_main  # noqa: E402
 
 TOL = 1e-4
@@ -296,15 +294,6 @@ def test_official_savedmodel_to_onnx(tmp_path):
 
 # --------------------------------------------------------------------------- inputs and failures
 
-def test_pretrained_model_skips_logit_signatures():
-    model = zoo.build("r18_0.125x_sk0", input_shape=(32, 32, 3))
-    graph = exporter._Graph(model, 32, 1.0)
-    assert set(graph.functions) == {"features", "projection", "hidden"}
-    assert set(graph.skipped) == set(exporter.LOGIT_SIGNATURES)
-    assert all("no supervised head" in why for why in graph.skipped.values())
-    assert graph.head_paths == [] and not any(v.trainable for v in graph.trainable)
-
-
 def test_run_dir_via_cli_records_stage_and_overwrite(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
@@ -341,90 +330,6 @@ def test_run_dir_via_cli_records_stage_and_overwrite(tmp_path, capsys):
     assert "contains the model" in capsys.readouterr().err
 
 
-def test_overwrite_refuses_a_directory_that_is_not_an_export(tmp_path, capsys):
-    model = tmp_path / "m.keras"
-    zoo.build("r18_0.125x_sk0", num_classes=3, input_shape=(32, 32, 3)).save(model)
-    mine = tmp_path / "mine"
-    mine.mkdir()
-    (mine / "thesis.txt").write_text("two years of work")
-    argv = ["--model", str(model), "--out", str(mine), "--formats", "keras", "--overwrite"]
-    assert export_main(argv) == 2
-    err = capsys.readouterr().err
-    assert err == (f"simclrv2 export: --out {mine} is not an earlier simclrv2 export (no "
-                   'config.json with "format": "simclrv2-export"), and --overwrite only replaces '
-                   "an earlier export; choose a new directory, or empty this one yourself\n")
-    assert (mine / "thesis.txt").read_text() == "two years of work"
-    # A recipe run directory has a config.json too, but not the exporter's.
-    (mine / "config.json").write_text(json.dumps({"stage": "pretrain", "config": {}}))
-    assert export_main(argv) == 2
-    assert "is not an earlier simclrv2 export" in capsys.readouterr().err
-    assert sorted(os.listdir(mine)) == ["config.json", "thesis.txt"]
-    assert not _no_leftovers(tmp_path)
-
-
-def test_files_put_into_out_while_exporting_are_not_deleted(tmp_path, monkeypatch):
-    model = zoo.build("r18_0.125x_sk0", num_classes=3, input_shape=(32, 32, 3))
-    out = tmp_path / "out"
-    export_model(model, out, formats="keras")
-    real = exporter.write_checksums
-
-    def meanwhile(root):
-        (out / "results.csv").write_text("written during the export")
-        return real(root)
-
-    monkeypatch.setattr(exporter, "write_checksums", meanwhile)
-    with pytest.raises(ExportError, match="also holds results.csv"):
-        export_model(model, out, formats="keras", overwrite=True)
-    assert (out / "results.csv").read_text() == "written during the export"
-    assert (out / "model.keras").is_file() and not _no_leftovers(tmp_path)
-
-
-def _dead_pid():
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
-
-
-def _aged(path, seconds):
-    when = time.time() - seconds
-    for p in [path, *path.rglob("*")]:
-        os.utime(p, (when, when))
-    return path
-
-
-def test_stale_temporaries_of_killed_exports_are_removed_by_the_next_export(tmp_path, capsys):
-    dead, live = _dead_pid(), os.getpid()
-
-    def left(name, files=("model.keras",), age=2 * 3600):
-        path = tmp_path / name
-        path.mkdir()
-        for f in files:
-            (path / f).write_bytes(b"partial")
-        return _aged(path, age)
-
-    gone = [left(f".a.tmp-{dead}-0123abcd"),          # killed here, an hour old
-            left(".c.tmp-0123abce"),                   # named before names held a PID
-            left(f".e.old-{dead}-0123abcf")]           # e was replaced: the old copy is junk
-    (tmp_path / "e").mkdir()
-    kept = [left(f".a.tmp-{live}-1123abcd"),           # its process still runs
-            left(f".b.tmp-{dead}-2123abcd", age=60),   # young: maybe another machine's
-            left(f".d.old-{dead}-3123abcd"),           # d is gone: the only copy of it
-            left(f".f.tmp-{dead}-4123abcd", files=("notes.txt",)),  # not ours
-            left(".g.tmp-0123abcd.keras", files=())]   # not an export name
-    (tmp_path / f".h.tmp-{dead}-5123abcd").write_text("a file, not a folder")
-    model = tmp_path / "m.keras"
-    zoo.build("r18_0.125x_sk0", num_classes=3, input_shape=(32, 32, 3)).save(model)
-    assert export_main(["--model", str(model), "--out", str(tmp_path / "new"),
-                        "--formats", "keras"]) == 0
-    out = capsys.readouterr().out
-    for path in gone:
-        assert not path.exists(), path.name
-        assert f"removed {path}: left by an interrupted export" in out
-    for path in kept:
-        assert path.exists(), path.name
-    assert (tmp_path / f".h.tmp-{dead}-5123abcd").is_file()
-
-
 def test_bad_model_inputs(tmp_path, capsys):
     assert export_main(["--model", str(tmp_path / "missing.keras"), "--out",
                         str(tmp_path / "o")]) == 2
@@ -441,14 +346,14 @@ def test_bad_model_inputs(tmp_path, capsys):
 
 
 def test_verification_failure_leaves_nothing(tmp_path, monkeypatch):
-    real = exporter.run_onnx
+    real = onnx_export.run_onnx
 
     def corrupted(path, images):
         out = real(path, images)
         out["logits"] = out["logits"] + 1e-2 * np.abs(out["logits"]).max()
         return out
 
-    monkeypatch.setattr(exporter, "run_onnx", corrupted)
+    monkeypatch.setattr(onnx_export, "run_onnx", corrupted)
     model = zoo.build("r18_0.125x_sk0", num_classes=4, input_shape=(32, 32, 3))
     with pytest.raises(VerificationError, match="onnx logits"):
         export_model(model, tmp_path / "out", formats=("onnx",))

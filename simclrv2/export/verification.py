@@ -1,0 +1,110 @@
+"""Every exported artifact against the Keras model it came from, on a probe batch: each
+SavedModel signature as TF Serving calls it, each ONNX output, the reloaded .keras. An output
+further than RTOL from the Keras model's fails the export before anything is written."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from simclrv2.export import keras_file, onnx, saved_model
+from simclrv2.export.errors import VerificationError
+from simclrv2.export.signatures import preprocess_encoded
+from simclrv2.zoo.importer import RTOL, rel_diff
+
+PROBE_BATCH = 3  # not the batch of 1 or 2 that a fixed-batch bug could pass with
+DISTILL_PROBE_TEMPERATURES = (0.5, 1.0, 4.0)
+METRIC = "max |exported - keras| / max |keras| per output"
+
+
+def _softmax(x, temperature=1.0):
+    x = np.asarray(x, np.float64) / temperature
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def probe_inputs(image_size, seed=0):
+    """(float images [B, S, S, 3], encoded PNG strings of other sizes, their decoded images)."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(0.0, 1.0, (PROBE_BATCH, image_size, image_size, 3)).astype(np.float32)
+    # Non-square and larger than the model input, so the crop and the resize both run.
+    shapes = [(image_size + 9, image_size + 3), (image_size, image_size + 17),
+              (2 * image_size, image_size + 1)]
+    encoded = [tf.io.encode_png(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).numpy()
+               for h, w in shapes]
+    decoded = np.stack([preprocess_encoded(tf.constant(e), image_size).numpy() for e in encoded])
+    return images, np.array(encoded, dtype=object), decoded
+
+
+def _keras_outputs(model, images):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The structure of `inputs`")
+        out = model(images, training=False)
+    return {k: np.asarray(v, np.float32) for k, v in out.items()}
+
+
+def expected_outputs(model, images, bytes_images, temperature):
+    """{signature: {output: reference array}} from the Keras model itself."""
+    from simclrv2.zoo.resnet import BACKBONE_ENDPOINTS
+
+    out = _keras_outputs(model, images)
+    expected = {"features": {"final_avg_pool": out["final_avg_pool"]},
+                "hidden": {k: out[k] for k in BACKBONE_ENDPOINTS if k in out}}
+    if "proj_head_output" in out:
+        expected["projection"] = {"proj_head_output": out["proj_head_output"]}
+    if "logits_sup" in out:
+        logits = out["logits_sup"]
+        expected["serving_default"] = {"logits": logits, "probabilities": _softmax(logits)}
+        expected["finetune"] = {"logits": logits}
+        for t in sorted({*DISTILL_PROBE_TEMPERATURES, float(temperature)}):
+            expected[f"distill[temperature={t:g}]"] = {"soft_targets": _softmax(logits, t)}
+        from_bytes = _keras_outputs(model, bytes_images)["logits_sup"]
+        expected["serving_bytes"] = {"logits": from_bytes, "probabilities": _softmax(from_bytes)}
+    return expected
+
+
+def _compare(got, expected, what):
+    diffs, missing = {}, []
+    for sig, outputs in expected.items():
+        for key, ref in outputs.items():
+            if key not in got.get(sig, {}):
+                missing.append(f"{sig}/{key}")
+                continue
+            diffs[f"{sig}/{key}"] = rel_diff(got[sig][key], ref)
+    if missing:
+        raise VerificationError(f"the {what} lacks outputs {missing}; refusing to export")
+    return diffs
+
+
+def verify(directory, formats, model, image_size, temperature, seed=0) -> dict:
+    """config.json's "verification": the relative difference of every output of every format
+    written in `directory`; raises VerificationError when one exceeds RTOL."""
+    images, encoded, bytes_images = probe_inputs(image_size, seed)
+    expected = expected_outputs(model, images, bytes_images, temperature)
+    temperatures = sorted({*DISTILL_PROBE_TEMPERATURES, float(temperature)})
+    figures = {}
+    if "savedmodel" in formats:
+        got = saved_model.run_saved_model(directory / saved_model.DIRECTORY, images, encoded, temperatures)
+        figures["saved_model"] = _compare(got, expected, "SavedModel")
+    if "onnx" in formats:
+        got = onnx.run_onnx(directory / onnx.FILE, images)
+        ref = expected["serving_default"] if "serving_default" in expected else {}
+        want = {**ref, **expected["features"], **expected.get("projection", {})}
+        figures["onnx"] = _compare({"onnx": got}, {"onnx": want}, "ONNX model")
+        figures["onnx"] = {k.split("/", 1)[1]: v for k, v in figures["onnx"].items()}
+    if "keras" in formats:
+        out = _keras_outputs(keras_file.read_keras_file(directory / keras_file.FILE), images)
+        ref = _keras_outputs(model, images)
+        figures["keras"] = {k: rel_diff(out.get(k, np.zeros(0)), v) for k, v in ref.items()}
+    bad = [(fmt, k, v) for fmt, d in figures.items() for k, v in d.items() if not v <= RTOL]
+    if bad:
+        listed = ", ".join(f"{fmt} {k}: {v:.3g}" for fmt, k, v in bad)
+        raise VerificationError(
+            f"exported outputs differ from the Keras model beyond {RTOL:g} (max abs difference / "
+            f"max abs value on a probe batch of {PROBE_BATCH}): {listed}; nothing was written")
+    worst = max((v for d in figures.values() for v in d.values()), default=0.0)
+    return {"tolerance": RTOL, "probe_shape": list(images.shape), "metric": METRIC,
+            "max_relative_difference": worst, **figures}
