@@ -28,7 +28,7 @@ def test_eval_top1_scores_the_supervised_head_and_logs_it(tmp_path):
                                           image_size=8, num_eval_examples=40,
                                           eval_batch_size=16, model_dir=str(tmp_path)))
     model = zoo.build("r18_0.125x_sk0", num_classes=10, input_shape=(8, 8, 3))
-    _, dataset = evaluation.eval_split(config)
+    dataset = evaluation.eval_batches(config)
     logits, labels = evaluation.predict(model, "logits_sup", dataset, limit=40)
     assert logits.shape == (40, 10) and len(labels) == 40
     score = evaluation.eval_top1(config, model, tmp_path, 7, chief=True)

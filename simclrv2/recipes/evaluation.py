@@ -49,16 +49,16 @@ def top1(scores, labels) -> float:
     return float(objectives.top1_accuracy(scores, labels, dtype=tf.float64))
 
 
-def eval_split(config):
-    """(source, batched dataset) of the split the config's top-1 is measured on."""
-    source = data_io.evaluation_source(config)
-    return source, data_io.eval_dataset(source, config.eval_batch_size, config.image_size)
+def eval_batches(config):
+    """The batches of the split the config's top-1 is measured on (test or validation)."""
+    return data_io.eval_dataset(data_io.evaluation_source(config), config.eval_batch_size,
+                                config.image_size)
 
 
 def eval_top1(config, model, model_dir, step, chief):
     """Top-1 of the supervised head on the evaluation split (test or validation), also logged to
     metrics.jsonl under config.top1_key."""
-    _, test_ds = eval_split(config)
+    test_ds = eval_batches(config)
     logits, labels = predict(model, "logits_sup", test_ds, config.num_eval_examples)
     score = top1(logits, labels)
     engine.RunLog(model_dir, chief).write(step, {config.top1_key: score}, "eval")

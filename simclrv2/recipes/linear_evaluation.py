@@ -30,7 +30,7 @@ def linear_eval(config) -> dict:
     num_classes = config.num_classes or train.num_classes
     train = data_io.subset(train, config.label_fraction, config.label_seed,
                            run_lifecycle.subset_file(config, model_dir))
-    _, test_ds = evaluation.eval_split(config)
+    test_ds = evaluation.eval_batches(config)
     features, labels = evaluation.predict(network, config.feature, data_io.eval_dataset(
         train, config.eval_batch_size, config.image_size))
     test_features, test_labels = evaluation.predict(network, config.feature, test_ds,

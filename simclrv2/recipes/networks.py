@@ -59,12 +59,13 @@ def student_network(config, num_classes):
     return student
 
 
-def copy_weights(source, target, skip=("head_supervised",)):
-    """Copies every variable of `target` (but `skip`) from the same path in `source`."""
+def copy_weights(source, target):
+    """Copies every variable of `target` but its supervised head (new, for the new classes) from
+    the same path in `source`."""
     by_path = {v.path: v for v in source.weights}
     missing = []
     for variable in target.weights:
-        if any(s in variable.path for s in skip):
+        if "head_supervised" in variable.path:
             continue
         origin = by_path.get(variable.path)
         if origin is None or tuple(origin.shape) != tuple(variable.shape):

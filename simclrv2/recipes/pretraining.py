@@ -81,7 +81,7 @@ def pretrain(config) -> dict:
                                         defer_blur=defer_blur,
                                         crop_area_min=config.crop_area_min)
 
-    _, test_ds = evaluation.eval_split(config)
+    test_ds = evaluation.eval_batches(config)
     bank_ds = evaluation.knn_bank(config, labeled)
 
     def evaluate():
