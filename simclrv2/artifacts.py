@@ -157,7 +157,7 @@ def _run_dir(path, config, result, stage):
     if checkpoint is None:
         raise ArtifactError(f"{path} holds no checkpoint yet (checkpoints/ is empty)")
     return Artifact("run_dir", str(path.resolve()), stage,
-                    {"checkpoint_dir": str(path / "checkpoints"), "checkpoint": checkpoint},
+                    {"checkpoint_dir": str(path / "checkpoints")},
                     _restore(config["model_config"], checkpoint))
 
 

@@ -24,8 +24,8 @@ def _parser():
                     "serving_default, features, projection, hidden, finetune, distill, "
                     "serving_bytes), model.onnx, model.keras, config.json, README.md, SHA256SUMS.")
     p.add_argument("--model", required=True,
-                   help="a registry name (with --stage), a .keras file, a recipe run directory "
-                        "or an official SimCLRv2 SavedModel directory")
+                   help="a registry name (with --stage), a .keras file, a recipe run directory, "
+                        "an earlier export or an official SimCLRv2 SavedModel directory")
     p.add_argument("--stage", default=None,
                    help="stage of a registry model (pretrained, finetuned_10pct, ...); for other "
                         "models recorded in config.json instead of what the source says")
