@@ -48,8 +48,8 @@ def test_quick_run_outputs_and_resume(tmp_path):
     # Every aim is judged (or n/a where --quick leaves a row out) and printed.
     aims = {a["aim"]: a for a in results["aims"]}
     assert len(aims) == 4 and results["eval_split"] == "test"
-    assert aims["linear eval on 100% of the labels >= logistic regression on raw pixels"][
-        "met"] is None  # --quick has no 100% linear eval
+    assert aims["linear eval on 100% of the labels >= logistic regression on raw pixels + 1.5 "
+                "points"]["met"] is None  # --quick has no 100% linear eval
     for text, aim in aims.items():
         if aim["met"] is not None:
             assert ("MET    " if aim["met"] else "MISSED ") + text in first.stdout
@@ -64,6 +64,17 @@ def test_quick_run_outputs_and_resume(tmp_path):
         assert (run_dir / stage / "model.keras").is_file()
     # Fine-tuning drew class-balanced subsets and kept them beside the run.
     assert len((run_dir / "finetune_1pct" / "label_subset_0.01_seed0.txt").read_text().split()) == 600
+    # The whole job's progress before each stage; the stage time split into steps and fixed
+    # costs; the step counts, the seed and the precision asked for, recorded.
+    assert "[2/10] pretrain (stage 2 of 10, " in first.stdout
+    assert "s per pretraining step; the whole job comes to about" in first.stdout
+    split = results["stage_time_split"]
+    assert set(split) == set(STAGES) | {"export", "total"}
+    assert split["pretrain"]["steps_s"] > 0 and split["pixels"]["steps_s"] == 0
+    assert split["total"]["wall_s"] == pytest.approx(
+        split["total"]["steps_s"] + split["total"]["fixed_s"], abs=0.2)
+    assert (results["options"]["steps"], results["options"]["seed"],
+            results["options"]["precision"]) == (6, 0, "auto")
     png = (run_dir / "results.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     assert "results.json" in first.stdout and "results.png" in first.stdout

@@ -1,15 +1,55 @@
-"""simclrv2.main_job.report: the aims are judged as they are stated."""
+"""simclrv2.main_job.report: the aims are judged as they are stated, margins included, and a
+stage's wall time is split into training steps and fixed costs."""
+
+import json
+
+import pytest
 
 
-def test_aims_are_judged_as_stated():
+def _rows(**top1):
+    return [{"stage": k, "top1": v} for k, v in top1.items()]
+
+
+def test_aims_are_judged_with_their_margins():
     from simclrv2.main_job.report import aims
 
-    def rows(**top1):
-        return [{"stage": k, "top1": v} for k, v in top1.items()]
+    judged = aims(_rows(pixels=0.85, lineareval_100pct=0.864, finetune_1pct=0.74,
+                        scratch_1pct=0.66, finetune_10pct=0.74, distill=0.75,
+                        student_10pct=0.74))
+    # +1.4 points over pixels is short of the 1.5 the aim asks; +8 over scratch is exactly it.
+    assert [a["met"] for a in judged] == [False, True, True, True]
+    assert [a["margin_points"] for a in judged] == pytest.approx([-0.1, 0.0, 0.0, 0.0], abs=1e-9)
+    assert [a["required_lead_points"] for a in judged] == [1.5, 8.0, 0.0, 1.0]
+    judged = aims(_rows(pixels=0.85, lineareval_100pct=0.87, finetune_1pct=0.72,
+                        scratch_1pct=0.66, finetune_10pct=0.71, distill=None, student_10pct=0.74))
+    assert [a["met"] for a in judged] == [True, False, False, None]
+    assert judged[3]["margin_points"] is None
 
-    judged = aims(rows(pixels=0.85, lineareval_100pct=0.84, finetune_1pct=0.70, scratch_1pct=0.66,
-                       finetune_10pct=0.70, distill=0.74, student_10pct=0.74))
-    assert [a["met"] for a in judged] == [False, False, True, True]
-    judged = aims(rows(pixels=0.85, lineareval_100pct=0.86, finetune_1pct=0.72, scratch_1pct=0.66,
-                       finetune_10pct=0.71, distill=None, student_10pct=0.74))
-    assert [a["met"] for a in judged] == [True, True, False, None]
+
+def test_each_aim_prints_its_margin(capsys):
+    from simclrv2.main_job.report import aims, print_aims
+
+    print_aims(aims(_rows(pixels=0.85, lineareval_100pct=0.87, finetune_1pct=0.75,
+                          scratch_1pct=0.66, finetune_10pct=0.76, distill=0.75,
+                          student_10pct=0.70)))
+    out = capsys.readouterr().out
+    assert "MET    linear eval on 100% of the labels >= logistic regression on raw pixels + " \
+           "1.5 points: lineareval_100pct 87.00%, pixels 85.00% (margin +0.50 points)" in out
+    assert "(margin +1.00 points)" in out and "(margin +4.00 points)" in out
+
+
+def test_stage_time_splits_into_steps_and_fixed_costs(tmp_path):
+    from simclrv2.main_job.report import time_split
+
+    run = tmp_path / "pretrain"
+    run.mkdir()
+    with open(run / "metrics.jsonl", "w") as f:
+        for step, t in [(10, 20.0), (20, 25.0), (30, 30.0), (40, 35.0)]:
+            f.write(json.dumps({"kind": "train", "step": step, "time": t}) + "\n")
+    stages = [("pixels", "pixels", {"model_dir": str(tmp_path / "pixels")}),
+              ("pretrain", "pretrain", {"model_dir": str(run), "train_steps": 40})]
+    split = time_split({"stage_wall_s": {"pixels": 30.0, "pretrain": 50.0, "export": 5.0}},
+                       stages)
+    assert split["pretrain"] == {"wall_s": 50.0, "steps_s": 20.0, "fixed_s": 30.0}
+    assert split["pixels"] == {"wall_s": 30.0, "steps_s": 0.0, "fixed_s": 30.0}
+    assert split["total"] == {"wall_s": 85.0, "steps_s": 20.0, "fixed_s": 65.0}

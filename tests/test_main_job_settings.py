@@ -11,7 +11,8 @@ from simclrv2.recipes import config as config_lib
 # What the job itself decides for each stage: where it writes, what feeds it, which labels it
 # reads, how long it trains (from --steps & co.), and how its progress shows.
 JOB_KEYS = {"model_dir", "checkpoint", "teacher", "label_fraction", "checkpoint_steps",
-            "progress_bar", "eval_split", "train_steps", "model", "student", "image_size"}
+            "progress_bar", "eval_split", "train_steps", "model", "student", "image_size",
+            "seed", "label_seed", "mixed_precision"}
 
 
 @pytest.mark.parametrize("name", config_lib.list_recipes())

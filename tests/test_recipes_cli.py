@@ -141,6 +141,28 @@ def test_a_run_stopped_early_exits_3_and_says_how_to_resume(tmp_path, capsys, mo
         "run the same command again to resume")
 
 
+def test_stop_at_step_pauses_with_a_checkpoint_and_the_same_run_goes_on_without_it(
+        tmp_path, capsys):
+    run = tmp_path / "run"
+    common = ["--dataset", "synthetic", "--model-dir", str(run), "--image-size", "16",
+              "--model", "r18_0.125x_sk0", "--global-batch-size", "4", "--log-steps", "1",
+              "--lineareval-while-pretraining", "false", "--knn-bank-size", "8",
+              "--num-eval-examples", "8", "--eval-batch-size", "8", "--progress-bar", "false",
+              "--warmup-epochs", "0", "--train-epochs", "0"]
+    code, out, err = _run("pretrain", common + ["--train-steps", "5", "--stop-at-step", "2"],
+                          capsys)
+    assert code == errors.EXIT_PREEMPTED
+    assert (json.loads(out)["status"], json.loads(out)["steps"]) == ("paused", 2)
+    assert "paused at step 2 (--stop-at-step)" in err.strip().splitlines()[-1]
+    assert (run / "checkpoints" / "ckpt-2.index").is_file()
+    # Run again with a longer schedule and no stop: it resumes at step 2 and finishes.
+    code, out, err = _run("pretrain", common + ["--train-steps", "3"], capsys)
+    assert code == errors.EXIT_DONE and json.loads(out)["steps"] == 3
+    assert "resumed from" in err and "(step 2)" in err
+    with pytest.raises(Exception, match="stop_at_step must be >= 0"):
+        config_lib.load("pretrain", None, {"stop_at_step": "-1"})
+
+
 # `simclrv2 pretrain` in a process of its own that sends itself SIGTERM once its checkpoint of
 # step 2 is written: a known point, where a signal from a parent could come before TensorFlow
 # has even started or after the run ended.

@@ -9,15 +9,18 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import shutil
 import sys
 import time
 
 from simclrv2 import errors
 from simclrv2.atomic_files import read_json, write_json
 from simclrv2.main_job import report, settings
+from simclrv2.precision import PRECISIONS
 from simclrv2.main_job.plan import architecture, plan, with_default_steps
-from simclrv2.main_job.run_dir import add_wall, check_data, check_run_dir, stage_result
-from simclrv2.main_job.sizing import describe_sizing, probe_pretrain_step, size_steps
+from simclrv2.main_job.run_dir import (add_wall, check_data, check_run_dir, record_sizing,
+                                       stage_result)
+from simclrv2.main_job.sizing import Progress, describe_sizing, size_steps, time_first_steps
 from simclrv2.zoo.config import WIDTHS, format_width, parse_name
 
 CLASS_NAMES = ["t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
@@ -46,8 +49,9 @@ def parse_args(argv):
         description="SimCLRv2 end to end on Fashion-MNIST: pretrain, linear eval, fine-tune on "
                     "1% and 10% of the labels, distill, export, beside the baselines they "
                     "must beat (logistic regression on the raw pixels, the same networks "
-                    "trained on the labels alone). About 10 minutes on 2 CPU cores (--quick: a "
-                    "1-2 minute smoke run with the same stages and outputs). Run it again to "
+                    "trained on the labels alone), with the same step counts on every host. "
+                    "10 to 15 minutes on 2 CPU cores (docs/main_job.md; --quick: a one-minute "
+                    "smoke run with the same stages and outputs). Run it again to "
                     "resume; finished stages are reused.")
     parser.add_argument("--run-dir", default="runs/main", help="where everything goes (default "
                         "runs/main)")
@@ -62,23 +66,26 @@ def parse_args(argv):
                              f"{defaults['width']:g}, --quick {settings.QUICK['width']:g})")
     parser.add_argument("--student-width", type=float, default=None,
                         help="the distilled student's width (default: half of --width)")
-    parser.add_argument("--budget-minutes", type=float, default=settings.BUDGET_MINUTES,
-                        help="minutes of stage time the step counts are sized to (default "
-                             f"{settings.BUDGET_MINUTES:g}): a probe of {settings.PROBE_STEPS} pretraining steps "
-                             "times this host, and the step counts not given below are scaled "
-                             "from their defaults to fit; not with --quick")
+    parser.add_argument("--budget-minutes", type=float, default=None,
+                        help="size the step counts not given below to this many minutes of "
+                             "stage time on this host, from timed pretraining steps (default: "
+                             "no sizing; the same step counts on every host)")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="the dtype policy every stage trains in (default auto: bfloat16 "
+                             "where the CPU computes it natively, else float32)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of every stage: initial weights, augmentations, label subsets "
+                             "(default 0)")
     parser.add_argument("--steps", type=int, default=None,
-                        help=f"contrastive pretraining steps (default {defaults['steps']} on the "
-                             f"reference host, sized to --budget-minutes elsewhere; --quick "
-                             f"{settings.QUICK['steps']})")
+                        help=f"contrastive pretraining steps (default {defaults['steps']}; "
+                             f"--quick {settings.QUICK['steps']})")
     parser.add_argument("--finetune-steps", type=_step_pair, default=None, metavar="N1[,N10]",
                         help="steps of each fine-tuning and from-scratch run on 1%% and on 10%% "
-                             "of the labels (one number: both; default {},{}, sized like "
-                             "--steps; --quick {})".format(*defaults["finetune_steps"],
+                             "of the labels (one number: both; default {},{}; --quick {})".format(*defaults["finetune_steps"],
                                                          settings.QUICK["finetune_steps"][0]))
     parser.add_argument("--distill-steps", type=int, default=None,
-                        help=f"distillation steps (default {defaults['distill_steps']}, sized "
-                             f"like --steps; --quick {settings.QUICK['distill_steps']})")
+                        help=f"distillation steps (default {defaults['distill_steps']}; --quick "
+                             f"{settings.QUICK['distill_steps']})")
     parser.add_argument("--image-size", type=int, default=None,
                         help=f"side the 32 px (padded) images are read at (default "
                              f"{defaults['image_size']}, --quick {settings.QUICK['image_size']})")
@@ -98,15 +105,17 @@ def parse_args(argv):
     for name in ("width", "image_size"):
         if getattr(args, name) is None:
             setattr(args, name, (settings.QUICK if args.quick else defaults)[name])
-    if args.quick:  # a fixed smoke plan: nothing is sized
+    if args.quick and args.budget_minutes is not None:
+        parser.error("--budget-minutes sizes the full job; --quick has its own fixed steps")
+    if args.budget_minutes is None:  # the same step counts on every host
         for name in settings.STEP_OPTIONS:
             if getattr(args, name) is None:
-                setattr(args, name, settings.QUICK[name])
+                setattr(args, name, (settings.QUICK if args.quick else defaults)[name])
     args.student_width = args.student_width or args.width / 2
     for name in settings.STEP_OPTIONS + ("image_size",):
         if getattr(args, name) is not None and min(_as_tuple(getattr(args, name))) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    if not args.budget_minutes > 0:
+    if args.budget_minutes is not None and not args.budget_minutes > 0:
         parser.error(f"--budget-minutes must be > 0 (got {args.budget_minutes:g})")
     if args.image_size < 8:
         parser.error("--image-size must be >= 8 (the exported model needs 8 px or more)")
@@ -188,62 +197,97 @@ def main(argv=None):
     except RuntimeError:
         pass
     check_data(args)  # before the run directory: a missing dataset leaves nothing behind
-    sizing = size_steps(args, probe=lambda a: probe_pretrain_step(a, run_stage))
-    check_run_dir(args, sizing)
+    new_run = not run.exists()
+    check_run_dir(args)
+    try:
+        sizing = size_steps(args, time_steps=lambda a: time_first_steps(a, run_stage))
+    except errors.UsageError:
+        if new_run:  # a budget refused leaves no half-started run behind
+            shutil.rmtree(run, ignore_errors=True)
+        raise
     if sizing is not None:
+        record_sizing(run, sizing)
         print(describe_sizing(sizing, args))
 
     stages = plan(args)
-    total = len(stages) + (0 if args.no_export else 1)
-    print(f"simclrv2 run: {total} stages into {run}/ (ResNet-18 {args.width:g}x teacher, "
-          f"{args.student_width:g}x student, {args.image_size} px{', quick' if args.quick else ''}"
-          f"{', evaluated on the validation split' if args.validation else ''})")
-    import keras
-
+    print(f"simclrv2 run: {len(stages) + (not args.no_export)} stages into {run}/ (ResNet-18 "
+          f"{args.width:g}x teacher, {args.student_width:g}x student, {args.image_size} px, "
+          f"seed {args.seed}{', quick' if args.quick else ''}"
+          f"{', evaluated on the validation split' if args.validation else ''}; "
+          f"{describe_plan(args)})")
     try:
-        for number, (name, kind, overrides) in enumerate(stages, start=1):
-            done = stage_result(overrides)
-            if done.get("status") == "done":
-                top1 = report.top1_of(done)
-                print(f"[{number}/{total}] {name}: done before, reused (top-1 "
-                      f"{'-' if top1 is None else f'{100 * top1:.2f}%'})")
-                continue
-            print(f"[{number}/{total}] {name}", flush=True)
-            stage_start = time.time()
-            try:
-                result = run_stage(kind, overrides)
-            finally:
-                add_wall(run, name, time.time() - stage_start)
-                keras.backend.clear_session()  # each stage builds its own models
-            if result.get("status") != "done":
-                print(f"\nsimclrv2 run: stopped during {name} (checkpoint saved); run the same "
-                      f"command again to resume.", file=sys.stderr)
-                return errors.EXIT_PREEMPTED
-            top1 = report.top1_of(result)
-            print(f"[{number}/{total}] {name}: top-1 {100 * top1:.2f}%, "
-                  f"{result['wall_time_s']:.0f}s", flush=True)
-        export_report = {"status": "skipped (--no-export)"}
-        if not args.no_export:
-            print(f"[{total}/{total}] export of the distilled student "
-                  "(every format, verified)", flush=True)
-            t = time.time()
-            export_report = run_export(run)
-            if export_report["status"] == "done" and not export_report["reused"]:
-                add_wall(run, "export", time.time() - t)
+        export_report = _run_stages(args, run, stages, started)
     except KeyboardInterrupt:
         print("\nsimclrv2 run: interrupted; finished stages are kept and the current one resumes "
               "from its last checkpoint when you run the same command again.", file=sys.stderr)
         return errors.EXIT_INTERRUPTED
+    if export_report is None:
+        print("\nsimclrv2 run: stopped (checkpoint saved); run the same command again to "
+              "resume.", file=sys.stderr)
+        return errors.EXIT_PREEMPTED
+    _report(args, run, stages, export_report, started)
+    return 0
 
+
+def describe_plan(args):
+    return (f"steps: pretraining {args.steps}, fine-tuning {args.finetune_steps[0]} (1%) / "
+            f"{args.finetune_steps[1]} (10%), distillation {args.distill_steps}")
+
+
+def _run_stages(args, run, stages, started):
+    """Runs what is not done yet, with a whole-job progress line before each stage; returns the
+    export's report (or what stands in for it), None when a stage stopped early."""
+    import keras
+
+    total = len(stages) + (not args.no_export)
+    clock = Progress(total, started, stages, args)
+    for number, (name, kind, values) in enumerate(stages, start=1):
+        done = stage_result(values)
+        if done.get("status") == "done":
+            top1 = report.top1_of(done)
+            print(f"[{number}/{total}] {name}: done before, reused (top-1 "
+                  f"{'-' if top1 is None else f'{100 * top1:.2f}%'})")
+            continue
+        print(f"[{number}/{total}] {name} ({clock.line(number)})", flush=True)
+        stage_start = time.time()
+        try:
+            result = run_stage(kind, values)
+        finally:
+            add_wall(run, name, time.time() - stage_start)
+            keras.backend.clear_session()  # each stage builds its own models
+        if result.get("status") != "done":
+            return None
+        top1 = report.top1_of(result)
+        print(f"[{number}/{total}] {name}: top-1 {100 * top1:.2f}%, "
+              f"{result['wall_time_s']:.0f}s", flush=True)
+        if kind == "pretrain":
+            estimate = clock.measured(values)
+            if estimate:
+                print(estimate, flush=True)
+    if args.no_export:
+        return {"status": "skipped (--no-export)"}
+    print(f"[{total}/{total}] export of the distilled student, every format verified "
+          f"({clock.line(total)})", flush=True)
+    stage_start = time.time()
+    exported = run_export(run)
+    if exported["status"] == "done" and not exported["reused"]:
+        add_wall(run, "export", time.time() - stage_start)
+    return exported
+
+
+def _report(args, run, stages, export_report, started):
+    """The table, the aims with their margins, results.json, results.png and where things are."""
     job = read_json(run / "job.json")
     rows = report.collect(job, stages, args)
     eval_examples = 1000 if args.quick else (5000 if args.validation else 10000)
     eval_name = (f"{eval_examples} validation images (held out of the training set)"
                  if args.validation else f"{eval_examples} test images")
-    report.print_table(rows, eval_name)
+    header = (f"steps sized to {job['sizing']['budget_minutes']:g} minutes: x"
+              f"{job['sizing']['scale']:.2f} the defaults" if job.get("sizing")
+              else "the default step counts" if _default_steps(args) else "step counts as given")
+    report.print_table(rows, f"{eval_name}; {header}: {describe_plan(args)}")
     judged = report.aims(rows)
     report.print_aims(judged)
-    job = read_json(run / "job.json")
     export_summary = {"status": export_report.get("status")}
     if export_report.get("status") == "done":
         verification = export_report.get("verification", {})
@@ -254,34 +298,44 @@ def main(argv=None):
     if precision:
         print(f"training precision: {precision['policy']} ({precision['requested']}: "
               f"{precision['reason']})")
+    split = report.time_split(job, stages)
     results = {"rows": rows, "options": job["options"], "stage_wall_s": job["stage_wall_s"],
-               "sizing": job.get("sizing"),
+               "stage_time_split": split, "sizing": job.get("sizing"),
+               "default_steps": _default_steps(args),
                "training_precision": precision,
                "total_stage_wall_s": round(sum(job["stage_wall_s"].values()), 1),
                "this_invocation_wall_s": round(time.time() - started, 1),
                "eval_split": "validation" if args.validation else "test",
                "eval_examples": eval_examples, "aims": judged, "export": export_summary,
-               "machine": report.machine(),
-               "versions": report.versions()}
+               "machine": report.machine(), "versions": report.versions()}
     write_json(run / "results.json", results)
     report.plot(rows, run / "results.png",
-         f"SimCLRv2 on Fashion-MNIST, ResNet-18 {args.width:g}x, {args.image_size} px"
-         f"{' (quick)' if args.quick else ''}",
-         ylabel=f"{'validation' if args.validation else 'test'} top-1 (%)")
+                f"SimCLRv2 on Fashion-MNIST, ResNet-18 {args.width:g}x, {args.image_size} px"
+                f"{' (quick)' if args.quick else ''}",
+                ylabel=f"{'validation' if args.validation else 'test'} top-1 (%)")
+    fixed = split["total"]["fixed_s"] / max(split["total"]["wall_s"], 1e-9)
     print(f"\nwall time: {results['this_invocation_wall_s']:.0f}s this invocation, "
-          f"{results['total_stage_wall_s']:.0f}s of stage time in all")
+          f"{results['total_stage_wall_s']:.0f}s of stage time in all "
+          f"({split['total']['steps_s']:.0f}s in training steps, {100 * fixed:.0f}% fixed costs: "
+          f"building, tracing, evaluating, data set-up)")
     print(f"results:  {run / 'results.json'}\nplot:     {run / 'results.png'}")
-    for name, kind, overrides in stages:
+    for name, kind, values in stages:
         files = {"pixels": "result.json", "lineareval": "result.json, metrics.jsonl"}.get(
             kind, "result.json, metrics.jsonl, model.keras")
-        print(f"{name + ':':<20}{overrides['model_dir']}  ({files})")
+        print(f"{name + ':':<20}{values['model_dir']}  ({files})")
     if export_summary["status"] == "done":
         print(f"{'export:':<20}{run / 'export'}  (saved_model/, model.onnx, model.keras, "
               f"config.json; max relative difference "
               f"{export_summary['max_relative_difference']:.2g} <= {export_summary['tolerance']:g})")
     else:
         print(f"{'export:':<20}{export_summary['status']}")
-    return 0
+
+
+def _default_steps(args):
+    """Whether the job ran the default plan's step counts (the figures docs/main_job.md shows)."""
+    defaults = settings.defaults()
+    return not args.quick and all(getattr(args, n) == defaults[n]
+                                  for n in settings.STEP_OPTIONS)
 
 
 if __name__ == "__main__":

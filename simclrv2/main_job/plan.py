@@ -46,10 +46,11 @@ def plan(args):
     directory holds."""
     run = pathlib.Path(args.run_dir)
     quick = args.quick
-    common = dict(image_size=args.image_size, progress_bar=True,
+    common = dict(image_size=args.image_size, progress_bar=True, seed=args.seed,
+                  mixed_precision=args.precision,
                   eval_split="validation" if args.validation else "test")
-    if quick:
-        common["num_eval_examples"] = 1000
+    if quick:  # every step logged, so that even a few steps time the host
+        common.update(num_eval_examples=1000, log_steps=1)
     if args.data_dir:
         common["data_dir"] = args.data_dir
     teacher, student = architecture(args.width), architecture(args.student_width)
@@ -59,6 +60,8 @@ def plan(args):
         values = settings.recipe(kind)
         for part in (common, dict(model_dir=str(run / name))) + parts:
             values.update(part)
+        if "label_fraction" in values:
+            values["label_seed"] = args.seed  # fine-tuned rows and their baselines: same subsets
         return name, kind, values
 
     # --quick fits the baseline to the first 10,000 training images for 30 iterations.

@@ -17,9 +17,9 @@ def job_identity(args):
                                   if k not in ("run_dir",)}))
 
 
-def check_run_dir(args, sizing=None):
+def check_run_dir(args):
     """Refuses a run directory that holds a run with other settings (reusing its stages would
-    mix results); writes job.json for a new one (with how its step counts were sized)."""
+    mix results); writes job.json for a new one."""
     run = pathlib.Path(args.run_dir)
     run.mkdir(parents=True, exist_ok=True)
     identity = job_identity(args)
@@ -30,8 +30,14 @@ def check_run_dir(args, sizing=None):
         raise errors.UsageError(f"{run} holds a run with other options ({', '.join(changed)} "
                                 f"differ); use another --run-dir or delete {run}")
     if previous is None:
-        write_json(run / "job.json", {"options": identity, "stage_wall_s": {},
-                                      "sizing": sizing})
+        write_json(run / "job.json", {"options": identity, "stage_wall_s": {}, "sizing": None})
+
+
+def record_sizing(run, sizing):
+    """How --budget-minutes sized the step counts, kept in job.json: a resumed run reuses it."""
+    job = read_json(pathlib.Path(run) / "job.json")
+    job["sizing"] = sizing
+    write_json(pathlib.Path(run) / "job.json", job)
 
 
 def add_wall(run, stage, seconds):

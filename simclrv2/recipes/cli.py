@@ -177,6 +177,11 @@ def _main(stage, argv):
     print(json.dumps(result, indent=2, default=str))
     if result.get("status") == "done":
         return errors.EXIT_DONE
+    if result.get("status") == "paused":
+        print(f"simclrv2 {stage}: paused at step {result.get('steps')} (--stop-at-step) with a "
+              f"checkpoint saved in {model_dir}; run it again without --stop-at-step, or with a "
+              f"later one, to go on", file=sys.stderr)
+        return errors.EXIT_PREEMPTED
     print(f"simclrv2 {stage}: stopped at step {result.get('steps')} with a checkpoint saved in "
           f"{model_dir}; run the same command again to resume", file=sys.stderr)
     return errors.EXIT_PREEMPTED

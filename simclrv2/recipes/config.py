@@ -60,6 +60,10 @@ class RunConfig:
     fused_batch_norm: bool = True
     checkpoint_steps: int = 500
     keep_checkpoints: int = 5
+    # > 0: checkpoint and stop once the run reaches this step of its schedule (status "paused");
+    # the same command without it resumes there. Lets a caller time a run's first steps and
+    # then decide how long it is (the schedule up to the warm-up's end does not depend on it).
+    stop_at_step: int = 0
     log_steps: int = 50
     eval_batch_size: int = 256
     num_eval_examples: int = 0  # 0 = the whole split
@@ -82,6 +86,8 @@ class RunConfig:
                      "log_steps", "eval_batch_size", "validation_examples"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.stop_at_step < 0:
+            raise ConfigError(f"stop_at_step must be >= 0 (0: off), got {self.stop_at_step}")
         if self.train_steps < 0 or self.train_epochs < 0 or self.warmup_epochs < 0:
             raise ConfigError("train_steps, train_epochs and warmup_epochs must be >= 0")
         if self.train_steps == 0 and self.train_epochs == 0:

@@ -295,8 +295,8 @@ def train_loop(*, config, strategy, model_dir, trackables, optimizer, replica_st
     Resumes from the latest checkpoint in model_dir (weights, optimizer slots and step, hence the
     schedule position; the data restarts at batch `step`), or from the newest one before it
     that reads back when it is damaged; one line on stderr says which. Saves every
-    checkpoint_steps, at the end and on SIGTERM. Returns (last metrics dict, status) with status
-    "done" or "preempted". In a multi-worker run, a step that fails because another worker died
+    checkpoint_steps, at the end, on SIGTERM and at config.stop_at_step. Returns (last metrics
+    dict, status, step) with status "done", "preempted" (SIGTERM) or "paused" (stop_at_step). In a multi-worker run, a step that fails because another worker died
     raises LostWorkerError (within the coordination service's 10 s heartbeat timeout), which
     names the last checkpoint.
     """
@@ -335,6 +335,9 @@ def train_loop(*, config, strategy, model_dir, trackables, optimizer, replica_st
     try:
         with _SigtermFlag() as sigterm, _peer_failures(strategy, model_dir):
             while step < total_steps:
+                if config.stop_at_step and step >= config.stop_at_step:
+                    status = "paused"
+                    break
                 metrics = {k: float(v) for k, v in train_step(iterator).items()}
                 step += 1
                 if not math.isfinite(metrics["loss"]):
