@@ -215,18 +215,26 @@ def _input_shape(image_size):
 
 # --------------------------------------------------------------------------- SavedModels
 
-def _saved_model(path, stage, image_size):
+def saved_model_kind(path) -> str:
+    """"exported_savedmodel" or "official_savedmodel" for a SavedModel directory, read from its
+    saved_model.pb alone (nothing is loaded); any other SavedModel is refused in one line."""
     signatures, graph = _read_saved_model_proto(path)
     if "features" in signatures:
-        return Artifact("exported_savedmodel", str(path.resolve()), stage or "unknown", {},
-                        _load_exported(path))
+        return "exported_savedmodel"
     if graph is not None and _has_path(graph, OFFICIAL_ROOT_PATH):
-        return _official(path, stage, image_size)
+        return "official_savedmodel"
     named = ", ".join(sorted(signatures)) if signatures else "none"
     raise ArtifactError(f"{path} is a SavedModel simclrv2 does not read (signatures: {named}): "
                         f"not a `simclrv2 export` (no `features` signature) nor an official "
                         f"SimCLRv2 release (no {'/'.join(OFFICIAL_ROOT_PATH)} object); give "
                         f"{ACCEPTED}")
+
+
+def _saved_model(path, stage, image_size):
+    if saved_model_kind(path) == "exported_savedmodel":
+        return Artifact("exported_savedmodel", str(path.resolve()), stage or "unknown", {},
+                        _load_exported(path))
+    return _official(path, stage, image_size)
 
 
 def _read_saved_model_proto(path):

@@ -16,7 +16,7 @@ from simclrv2 import errors
 # sub-command -> (module, function, one-line help)
 COMMANDS = {
     "zoo": ("simclrv2.zoo.cli", "zoo_main", "list, describe and download the released checkpoints"),
-    "convert": ("simclrv2.zoo.cli", "convert_main", "convert an official SavedModel into a .keras model"),
+    "convert": ("simclrv2.convert", "convert_main", "convert an official SavedModel into a .keras model"),
     "pretrain": ("simclrv2.recipes.cli", "pretrain_main", "stage 1: contrastive pretraining"),
     "finetune": ("simclrv2.recipes.cli", "finetune_main", "stage 2: fine-tuning on labeled data"),
     "lineareval": ("simclrv2.recipes.cli", "lineareval_main", "linear evaluation of frozen features"),

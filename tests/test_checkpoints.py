@@ -91,7 +91,7 @@ def test_unknown_name_or_stage_lists_valid_choices():
         ck.list_checkpoints(stage="linear")
     with pytest.raises(ValueError, match=r"r18_1x_sk0.*r50_1x_sk0"):
         ck.list_checkpoints(architecture="r18_1x_sk0")
-    with pytest.raises(ValueError, match="form"):
+    with pytest.raises(ValueError, match="expected r<depth>_<width>x_sk<0|1>"):
         ck.parse_architecture("resnet50")
 
 

@@ -76,7 +76,7 @@ def test_help_lists_every_option_with_its_type_and_default_and_the_recipes(stage
     code, out, err = _run(stage, ["--help"], capsys)
     assert (code, err) == (errors.EXIT_DONE, "")
     lines = out.splitlines()
-    cls = config_lib.STAGES[stage]
+    cls = config_lib.STAGE_CONFIGS[stage]
     types = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         option = f"--{field.name.replace('_', '-')} "

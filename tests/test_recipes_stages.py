@@ -9,7 +9,7 @@ from simclrv2.recipes import stages
 
 
 def test_every_stage_of_the_config_has_a_function():
-    assert sorted(stages.STAGE_FUNCTIONS) == sorted(C.STAGES)
+    assert sorted(stages.STAGE_FUNCTIONS) == sorted(C.STAGE_CONFIGS)
     for name, function in stages.STAGE_FUNCTIONS.items():
         assert list(inspect.signature(function).parameters) == ["config"], name
 

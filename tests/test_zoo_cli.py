@@ -1,8 +1,7 @@
-"""`simclrv2 zoo ...` and `simclrv2 convert` (argument parsing, errors, wiring)."""
+"""simclrv2.zoo.cli, `simclrv2 zoo ...` (argument parsing, errors, wiring); the light commands
+(`convert`'s argument errors among them) import neither Keras nor TensorFlow."""
 
-import importlib.util
 import sys
-import types
 
 import pytest
 
@@ -10,7 +9,7 @@ from simclrv2 import cli as top_cli
 from simclrv2.zoo import cli, download as dl
 from simclrv2.zoo.checkpoints import get_checkpoint
 
-from test_download import FILES, NAME, STAGE, _assert_same_files, serve
+from test_download import NAME, STAGE, _assert_same_files, serve
 
 
 def _run(main, argv, capsys):
@@ -39,7 +38,6 @@ def test_list_all_and_filtered(capsys, tmp_path):
 @pytest.mark.parametrize("main,argv,text", [
     (cli.zoo_main, ["--help"], "$SIMCLRV2_HOME"),
     (cli.zoo_main, ["download", "--help"], "--base-url"),
-    (cli.convert_main, ["--help"], "--saved-model DIR"),
 ])
 def test_help(capsys, main, argv, text):
     with pytest.raises(SystemExit) as info:
@@ -104,153 +102,6 @@ def test_download_errors(capsys, tmp_path):
         cli.zoo_main(["download", NAME])
     assert info.value.code == 2
     assert "--stage" in capsys.readouterr().err
-
-
-class _Calls(list):
-    """(saved_model_dir, out_path, architecture) per call; `.extras` the other kwargs."""
-
-    def __init__(self):
-        super().__init__()
-        self.extras = []
-
-
-@pytest.fixture
-def fake_importer(monkeypatch):
-    calls = _Calls()
-    module = types.ModuleType("simclrv2.zoo.importer")
-
-    def convert_saved_model(saved_model_dir, out_path, architecture=None, **extra):
-        calls.append((str(saved_model_dir), str(out_path), architecture))
-        calls.extras.append(extra)
-        return object()  # the real one returns the Keras model
-
-    module.convert_saved_model = convert_saved_model
-    monkeypatch.setitem(sys.modules, "simclrv2.zoo.importer", module)
-    return calls
-
-
-def _saved_model_dir(tmp_path):
-    d = tmp_path / "sm"
-    (d / "variables").mkdir(parents=True)
-    (d / "saved_model.pb").write_bytes(b"")
-    return d
-
-
-def test_convert_passes_arguments(capsys, tmp_path, fake_importer):
-    sm = _saved_model_dir(tmp_path)
-    out_file = tmp_path / "m.keras"
-    code, out, err = _run(top_cli.main, ["convert", "--saved-model", str(sm), "--out",
-                                         str(out_file), "--arch", "r50_1x_sk1"], capsys)
-    assert code == 0, err
-    assert fake_importer == [(str(sm), str(out_file), "r50_1x_sk1")]
-    assert out.strip() == str(out_file)
-    assert fake_importer.extras == [{}]  # nothing beyond the minimal contract unless asked
-    code, _, _ = _run(cli.convert_main, ["--saved-model", str(sm), "--out", str(out_file),
-                                         "--input-size", "160"], capsys)
-    assert code == 0 and fake_importer[-1][2] is None
-    assert fake_importer.extras[-1] == {"input_shape": (160, 160, 3)}
-
-
-def test_convert_from_released_checkpoint(capsys, tmp_path, fake_importer):
-    with serve() as (server, base):
-        code, _, err = _run(cli.convert_main, [
-            "--checkpoint", NAME, "--stage", STAGE, "--out", str(tmp_path / "m.keras"),
-            "--cache-dir", str(tmp_path / "cache"), "--base-url", base], capsys)
-    assert code == 0, err
-    sm, _, arch = fake_importer[0]
-    assert arch == NAME  # taken from the registry
-    prov = fake_importer.extras[0]["provenance"]
-    assert prov["stage"] == STAGE and prov["url"] == get_checkpoint(NAME, STAGE).url
-    _assert_same_files(dl.pathlib.Path(sm))
-
-
-def test_convert_refuses_an_existing_out_without_overwrite(capsys, tmp_path, fake_importer):
-    sm = _saved_model_dir(tmp_path)
-    out_file = tmp_path / "m.keras"
-    out_file.write_bytes(b"an earlier model")
-    argv = ["--saved-model", str(sm), "--out", str(out_file)]
-    code, out, err = _run(cli.convert_main, argv, capsys)
-    assert code == 2 and out == ""
-    assert err == (f"simclrv2 convert: {out_file} already exists; pass --overwrite to "
-                   "replace it, or choose another --out\n")
-    assert out_file.read_bytes() == b"an earlier model" and fake_importer == []
-    # The provenance JSON written beside the model is an output too.
-    out_file.unlink()
-    (tmp_path / "m.json").write_text("{}")
-    code, _, err = _run(cli.convert_main, argv, capsys)
-    assert code == 2 and "m.json already exists" in err and fake_importer == []
-    code, _, err = _run(cli.convert_main, argv + ["--overwrite"], capsys)
-    assert code == 0, err
-    assert fake_importer == [(str(sm), str(out_file), None)]
-    (tmp_path / "d.keras").mkdir()
-    code, _, err = _run(cli.convert_main, ["--saved-model", str(sm), "--out",
-                                           str(tmp_path / "d.keras"), "--overwrite"], capsys)
-    assert code == 2 and "is a directory" in err
-
-
-@pytest.mark.parametrize("argv,message", [
-    (["--out", "m.keras"], "one of the arguments --saved-model --checkpoint is required"),
-    (["--saved-model", "x"], "the following arguments are required: --out"),
-    (["--saved-model", "x", "--checkpoint", "y", "--out", "m.keras"], "not allowed with"),
-    (["--checkpoint", NAME, "--out", "m.keras"], "--checkpoint needs --stage"),
-    (["--saved-model", "x", "--stage", "pretrained", "--out", "m.keras"], "only goes with"),
-])
-def test_convert_argument_errors(capsys, argv, message):
-    with pytest.raises(SystemExit) as info:
-        cli.convert_main(argv)
-    assert info.value.code == 2
-    assert message in capsys.readouterr().err
-
-
-def test_convert_user_errors_are_one_line(capsys, tmp_path, fake_importer):
-    sm = _saved_model_dir(tmp_path)
-    cases = [
-        (["--saved-model", str(sm), "--out", str(tmp_path / "m.h5")], "must end in .keras"),
-        (["--saved-model", str(sm), "--out", str(tmp_path / "no" / "m.keras")], "does not exist"),
-        (["--saved-model", str(tmp_path), "--out", str(tmp_path / "m.keras")],
-         "has no saved_model.pb"),
-        (["--saved-model", str(sm), "--out", str(tmp_path / "m.keras"), "--arch", "resnet50"],
-         "is not of the form"),
-        (["--checkpoint", "nope", "--stage", "pretrained", "--out", str(tmp_path / "m.keras")],
-         "unknown checkpoint name 'nope'"),
-        (["--saved-model", str(sm), "--out", str(tmp_path / "m.keras"), "--input-size", "0"],
-         "--input-size must be a positive"),
-    ]
-    for argv, message in cases:
-        code, out, err = _run(cli.convert_main, argv, capsys)
-        assert code == 2, argv
-        assert err.startswith("simclrv2 convert: ") and message in err, err
-        assert err.count("\n") == 1
-    assert fake_importer == []
-
-
-def test_convert_reports_importer_value_error(capsys, tmp_path, monkeypatch):
-    module = types.ModuleType("simclrv2.zoo.importer")
-
-    def convert_saved_model(saved_model_dir, out_path, architecture=None):
-        raise ValueError("logits_sup matches neither wiring of the supervised head")
-
-    module.convert_saved_model = convert_saved_model
-    monkeypatch.setitem(sys.modules, "simclrv2.zoo.importer", module)
-    code, _, err = _run(cli.convert_main, ["--saved-model", str(_saved_model_dir(tmp_path)),
-                                           "--out", str(tmp_path / "m.keras")], capsys)
-    assert code == 2 and "matches neither wiring" in err
-
-
-_HAS_IMPORTER = importlib.util.find_spec("simclrv2.zoo.importer") is not None
-
-
-@pytest.mark.skipif(not _HAS_IMPORTER, reason="simclrv2.zoo.importer not written yet")
-def test_convert_end_to_end_with_real_importer(capsys, tmp_path):
-    from official_format_writer import write_official_saved_model
-
-    sm = write_official_saved_model(tmp_path / "sm", depth=18, width=1, sk=False,
-                                    cifar_stem=True, num_classes=10)
-    out_file = tmp_path / "m.keras"
-    code, _, err = _run(cli.convert_main, ["--saved-model", str(sm), "--out", str(out_file),
-                                           "--arch", "r18_1x_sk0"], capsys)
-    assert code == 0, err
-    assert out_file.is_file()
 
 
 def test_models_table_lists_every_architecture_with_counts(capsys):

@@ -98,8 +98,8 @@ def _augmented(source: Source, batch_size: int, image_size: int, seed: int, star
     size = image_size
 
     # Not converted by AutoGraph: the augmentation's only data-dependent branches are explicit
-    # tf.cond / tf.switch_case, and converting its ~20 functions cost ~5 s per pipeline built
-    # (most of a short stage run's start-up).
+    # tf.cond / tf.switch_case, and converting its functions cost seconds for every pipeline
+    # built (most of a short stage run's start-up).
     @tf.autograph.experimental.do_not_convert
     def views_of(pos, image, label):  # image: uint8 [H, W, C]
         params = aug.draw_params(aug.element_key(seed, pos), cfg, num_views)

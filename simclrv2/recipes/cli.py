@@ -74,7 +74,7 @@ def _default_text(value) -> str:
 
 
 def build_parser(stage: str) -> argparse.ArgumentParser:
-    cls = config_lib.STAGES[stage]
+    cls = config_lib.STAGE_CONFIGS[stage]
     recipes = [name for name in config_lib.list_recipes()
                if config_lib.read_recipe(name).get("stage", stage) == stage]
     example = next((name for name in recipes if name.startswith("fmnist_")), recipes[0])

@@ -233,8 +233,10 @@ class PixelsConfig(RunConfig):
                               f"got {self.max_train_examples}")
 
 
-STAGES = {"pretrain": PretrainConfig, "finetune": FinetuneConfig,
-          "lineareval": LinearEvalConfig, "distill": DistillConfig, "pixels": PixelsConfig}
+# A recipe's `stage` -> its dataclass (zoo.checkpoints.STAGES, a released model's stage, is
+# another idea).
+STAGE_CONFIGS = {"pretrain": PretrainConfig, "finetune": FinetuneConfig,
+                 "lineareval": LinearEvalConfig, "distill": DistillConfig, "pixels": PixelsConfig}
 
 
 def _check_label_fraction(config):
@@ -309,9 +311,9 @@ def _coerce(key, value, annotation, from_text):
 
 def from_dict(stage: str, values: dict, overrides: Optional[dict] = None):
     """The stage's config from a recipe dict and command-line overrides ({key: text})."""
-    if stage not in STAGES:
-        raise ConfigError(f"unknown stage {stage!r}; valid: {', '.join(STAGES)}")
-    cls = STAGES[stage]
+    if stage not in STAGE_CONFIGS:
+        raise ConfigError(f"unknown stage {stage!r}; valid: {', '.join(STAGE_CONFIGS)}")
+    cls = STAGE_CONFIGS[stage]
     types = _field_types(cls)
     recipe_stage = values.get("stage", stage)
     if recipe_stage != stage:

@@ -24,8 +24,9 @@ SYNTHETIC_SIZES = {"train": 2048, "test": 512}
 
 
 @dataclasses.dataclass
-class Source:
-    """One split: synthetic images in `images`, or the data package's source in `native`."""
+class StageData:
+    """One split as the stages read it: synthetic images in `images`, or the data package's
+    `Source` in `native` (a different class: this one adds the synthetic case and subsets)."""
 
     labels: Optional[np.ndarray]
     num_classes: int
@@ -48,7 +49,7 @@ def _data():
     return data
 
 
-def _synthetic_split(split: str, seed: int = 1234) -> Source:
+def _synthetic_split(split: str, seed: int = 1234) -> StageData:
     if split not in SYNTHETIC_SIZES:
         raise ValueError(f"synthetic dataset has splits {list(SYNTHETIC_SIZES)}, not {split!r}")
     rng = np.random.default_rng(seed + (0 if split == "train" else 1))
@@ -57,21 +58,22 @@ def _synthetic_split(split: str, seed: int = 1234) -> Source:
     # A fixed colour per class plus noise: separable, so the kNN monitor has something to find.
     colours = np.random.default_rng(seed).uniform(0.2, 0.8, size=(SYNTHETIC_CLASSES, 1, 1, 3))
     images = np.clip(colours[labels] + rng.normal(0, 0.15, size=(n, 8, 8, 3)), 0, 1)
-    return Source(labels.astype(np.int32), SYNTHETIC_CLASSES, images=(images * 255).astype(np.uint8))
+    return StageData(labels.astype(np.int32), SYNTHETIC_CLASSES,
+                     images=(images * 255).astype(np.uint8))
 
 
-def _wrap(native) -> Source:
+def _wrap(native) -> StageData:
     labels = None if native.labels is None else np.asarray(native.labels)
-    return Source(labels, int(native.num_classes or 0), native=native)
+    return StageData(labels, int(native.num_classes or 0), native=native)
 
 
-def load_labeled(name: str, split: str, data_dir=None) -> Source:
+def load_labeled(name: str, split: str, data_dir=None) -> StageData:
     if name == SYNTHETIC:
         return _synthetic_split(split)
     return _wrap(_data().load_labeled(name, split, data_dir))
 
 
-def load_unlabeled(name: str, split: str = None, data_dir=None) -> Source:
+def load_unlabeled(name: str, split: str = None, data_dir=None) -> StageData:
     """Images with label -1 (the data package's rule); synthetic: its train split, unlabeled."""
     if name == SYNTHETIC:
         source = _synthetic_split(split or "train")
@@ -94,7 +96,7 @@ def validation_indices(labels, examples: int) -> np.ndarray:
     return _data().label_subset(labels, per_class=per_class, seed=VALIDATION_SEED)
 
 
-def _validation_of(train: Source, name, examples) -> np.ndarray:
+def _validation_of(train: StageData, name, examples) -> np.ndarray:
     """Positions of the validation images in `train`, the labeled training split."""
     labels = train.labels
     if labels is None or np.any(labels < 0):
@@ -103,7 +105,7 @@ def _validation_of(train: Source, name, examples) -> np.ndarray:
     return validation_indices(labels, examples)
 
 
-def training_source(config, labeled: bool = True) -> Source:
+def training_source(config, labeled: bool = True) -> StageData:
     """The images a stage may train on: the training split, less the validation images when
     the stage is evaluated on them (config.eval_split == "validation"), so that a validation
     figure never scores an image the run trained on. A dataset without the test split the
@@ -124,7 +126,7 @@ def training_source(config, labeled: bool = True) -> Source:
     return take(source, np.setdiff1d(np.arange(len(source)), held))
 
 
-def evaluation_source(config) -> Source:
+def evaluation_source(config) -> StageData:
     """What a stage's top-1 is measured on: the test split, or the validation images carved
     from the training split (never the test images: hyperparameters are chosen there)."""
     if config.eval_split == "test":
@@ -138,7 +140,7 @@ def _balanced(labels, fraction, seed):
     return _data().label_subset(labels, fraction=fraction, seed=seed)
 
 
-def subset_indices(source: Source, fraction: float, seed: int, path: Optional[str] = None):
+def subset_indices(source: StageData, fraction: float, seed: int, path: Optional[str] = None):
     """Class-balanced indices of `fraction` of the source; with `path`, the list is read from
     there when it exists (a resumed or repeated run then trains on the very same examples), else
     drawn and saved there (`subset_for_run`)."""
@@ -149,17 +151,18 @@ def subset_indices(source: Source, fraction: float, seed: int, path: Optional[st
     return _balanced(source.labels, fraction, seed)
 
 
-def take(source: Source, index) -> Source:
+def take(source: StageData, index) -> StageData:
     """The examples at `index` (positions in `source`), as a new source that remembers them."""
     index = np.asarray(index, dtype=np.int64)
     full = index if source.index is None else source.index[index]
     labels = None if source.labels is None else source.labels[index]
     if source.native is not None:
-        return Source(labels, source.num_classes, native=source.native.subset(index), index=full)
-    return Source(labels, source.num_classes, images=source.images[index], index=full)
+        return StageData(labels, source.num_classes, native=source.native.subset(index),
+                         index=full)
+    return StageData(labels, source.num_classes, images=source.images[index], index=full)
 
 
-def subset(source: Source, fraction: float, seed: int, path: Optional[str] = None) -> Source:
+def subset(source: StageData, fraction: float, seed: int, path: Optional[str] = None) -> StageData:
     """A class-balanced labeled subset; the whole source when fraction >= 1."""
     if fraction >= 1.0:
         return source
@@ -168,7 +171,7 @@ def subset(source: Source, fraction: float, seed: int, path: Optional[str] = Non
     return take(source, subset_indices(source, fraction, seed, path))
 
 
-def relabel(source: Source, labels) -> Source:
+def relabel(source: StageData, labels) -> StageData:
     """The same images with other labels (e.g. -1 for the examples outside a label subset)."""
     labels = np.asarray(labels, dtype=np.int64)
     if len(labels) != len(source):
@@ -180,7 +183,7 @@ def relabel(source: Source, labels) -> Source:
     return dataclasses.replace(source, labels=labels.astype(np.int32))
 
 
-def _indexed(source: Source, batch_size: int, start_batch: int, seed: int, make_element):
+def _indexed(source: StageData, batch_size: int, start_batch: int, seed: int, make_element):
     """Infinite batches whose element i (global index over epochs) is make_element(image, label,
     key) with key a function of (seed, i) only."""
     images = tf.constant(source.images)
@@ -205,7 +208,7 @@ def _synthetic_view(image, key, image_size):
     return tf.clip_by_value(image + noise, 0.0, 1.0)
 
 
-def pretrain_dataset(source: Source, batch_size, image_size, seed, start_batch=0,
+def pretrain_dataset(source: StageData, batch_size, image_size, seed, start_batch=0,
                      color_jitter_strength=None, defer_blur=False, crop_area_min=None):
     """Endless ((view1, view2), labels), or ((view1, view2), labels, (sigma1, sigma2)) with
     `defer_blur` (see `apply_deferred_blur`). color_jitter_strength None: the data package's
@@ -229,7 +232,7 @@ def apply_deferred_blur(images, sigma):
     return apply(images, sigma)
 
 
-def finetune_dataset(source: Source, batch_size, image_size, seed, start_batch=0):
+def finetune_dataset(source: StageData, batch_size, image_size, seed, start_batch=0):
     if source.synthetic:
         return _indexed(source, batch_size, start_batch, seed,
                         lambda x, y, k: (_synthetic_view(x, k, image_size), y))
@@ -237,7 +240,7 @@ def finetune_dataset(source: Source, batch_size, image_size, seed, start_batch=0
                                     start_batch=start_batch)
 
 
-def finetune_batches(config, source: Source):
+def finetune_batches(config, source: StageData):
     """start_batch -> the fine-tuning stream of `source` (fine-tuning's and distillation's
     batches), so that a resumed run starts at its next batch."""
     def dataset_fn(start_batch):
@@ -246,7 +249,7 @@ def finetune_batches(config, source: Source):
     return dataset_fn
 
 
-def eval_dataset(source: Source, batch_size, image_size):
+def eval_dataset(source: StageData, batch_size, image_size):
     if source.synthetic:
         images = tf.image.resize(tf.image.convert_image_dtype(source.images, tf.float32),
                                  (image_size, image_size))

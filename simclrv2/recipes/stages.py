@@ -1,7 +1,7 @@
 """The training stages by name: pretrain, finetune, lineareval, distill and the raw-pixel
 baseline, pixels.
 
-Each takes a validated config (config.STAGES names its class) and returns a dict with the run's
+Each takes a validated config (config.STAGE_CONFIGS names its class) and returns a dict with the run's
 metrics (top-1 on the evaluation split where there is one), wall time and output paths, written
 to model_dir/result.json too; the returned dict also holds the trained Keras model under "model"
 (None for the stages that train none). Each stage lives in its own module.

@@ -22,8 +22,9 @@ Sources (reference facts only):
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Optional
+
+from simclrv2.zoo.config import split_name
 
 BUCKET = "simclr-checkpoints-tf2"
 GS_ROOT = f"gs://{BUCKET}"
@@ -114,9 +115,6 @@ _DISTILLED = {
     "r152_3x_sk1": {"distill_1pct": None, "distill_10pct": None},
 }
 
-_ARCH_RE = re.compile(r"^r(\d+)_(\d+(?:\.\d+)?)x_sk([01])$")
-
-
 @dataclasses.dataclass(frozen=True)
 class Checkpoint:
     """One released SavedModel.
@@ -170,12 +168,7 @@ class Checkpoint:
 
 def parse_architecture(architecture: str) -> tuple:
     """`r152_3x_sk1` -> (152, 3, True)."""
-    m = _ARCH_RE.match(architecture)
-    if not m:
-        raise ValueError(f"architecture {architecture!r} is not of the form "
-                         f"r{{depth}}_{{width}}x_sk{{0|1}} (e.g. r50_1x_sk0)")
-    width = float(m.group(2))
-    return int(m.group(1)), int(width) if width.is_integer() else width, m.group(3) == "1"
+    return split_name(architecture)
 
 
 def _build_registry() -> tuple:

@@ -1,24 +1,20 @@
-"""`simclrv2 zoo {list,info,download}` and `simclrv2 convert`.
+"""`simclrv2 zoo {list,info,download,models}`.
 
 User errors (unknown name, missing directory, failed download) are reported by
 simclrv2.errors: one line (the download error adds how to place the files by hand) to stderr
 and exit 2, without a traceback. Only light modules are imported here (the registry, the
 download code, the zoo's config parser): `zoo list`, `zoo info` and every argument error
-answer without importing Keras or TensorFlow. The importer is imported only by `convert`.
+answer without importing Keras or TensorFlow. `simclrv2 convert` is simclrv2/convert.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import pathlib
-import re
 
 from simclrv2 import errors
 from simclrv2.zoo import checkpoints as ck
 from simclrv2.zoo import download as dl
-from simclrv2.zoo.config import parse_name
 
-_ARCH_RE = re.compile(r"^r\d+_\d+(\.\d+)?x_sk[01]$")
 _ZOO_COMMANDS = ("list", "info", "download", "models")
 _UserError = errors.UsageError  # reported by simclrv2.errors: one line, exit 2
 
@@ -147,102 +143,4 @@ def _download(args) -> int:
                                   base_url=args.base_url, progress=not args.quiet,
                                   retries=args.retries)
     print(path)
-    return errors.EXIT_DONE
-
-
-def _convert_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="simclrv2 convert",
-        description="Convert an official SimCLR TF2 SavedModel into a Keras 3 .keras model "
-                    "(weights copied into the simclrv2 architecture, outputs checked against "
-                    "the SavedModel). Give a local directory with --saved-model, or a "
-                    "released checkpoint with --checkpoint NAME --stage STAGE (downloaded "
-                    "into the cache first).")
-    src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--saved-model", metavar="DIR",
-                     help="local saved_model directory (holds saved_model.pb and variables/)")
-    src.add_argument("--checkpoint", metavar="NAME",
-                     help="released checkpoint name (see `simclrv2 zoo list`); needs --stage")
-    parser.add_argument("--stage", help="stage of --checkpoint, e.g. pretrained or finetuned_10pct")
-    parser.add_argument("--out", required=True, metavar="FILE.keras",
-                        help="output model file; must end in .keras and not exist (see "
-                             "--overwrite). A FILE.json with its provenance is written beside it")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing --out (and its .json)")
-    parser.add_argument("--arch", metavar="NAME",
-                        help="architecture such as r50_1x_sk1; default: read from the "
-                             "SavedModel (or from the registry with --checkpoint)")
-    parser.add_argument("--input-size", type=int, metavar="PX",
-                        help="a fixed square input side for the Keras model (default: any "
-                             "size; verification probes at 224 px, 32 for a CIFAR stem)")
-    parser.add_argument("--cache-dir", help="cache root for --checkpoint downloads")
-    parser.add_argument("--base-url", help="HTTP(S) root for --checkpoint downloads")
-    return parser
-
-
-def _check_overwrite(out: pathlib.Path, overwrite: bool) -> None:
-    """Refuses to replace an existing output (the .keras or the .json written beside it) unless
-    asked: checked before any download or conversion, so a refusal costs nothing."""
-    if out.is_dir():
-        raise _UserError(f"--out {out} is a directory; give a file path ending in .keras")
-    side = out.with_suffix(".json")
-    existing = [p for p in (out, side) if p.exists()]
-    if existing and not overwrite:
-        names, one = " and ".join(str(p) for p in existing), len(existing) == 1
-        raise _UserError(f"{names} already exist{'s' if one else ''}; pass --overwrite to "
-                         f"replace {'it' if one else 'them'}, or choose another --out")
-
-
-@errors.command("convert")
-def convert_main(argv=None) -> int:
-    parser = _convert_parser()
-    args = parser.parse_args(argv)
-    if args.checkpoint is not None and args.stage is None:
-        parser.error("--checkpoint needs --stage (e.g. --stage pretrained)")
-    if args.saved_model is not None and args.stage is not None:
-        parser.error("--stage only goes with --checkpoint")
-    out = pathlib.Path(args.out)
-    if out.suffix != ".keras":
-        raise _UserError(f"--out {args.out!r} must end in .keras (Keras 3 native format), "
-                         f"e.g. --out {out.with_suffix('.keras')}")
-    if not out.parent.is_dir():
-        raise _UserError(f"the directory of --out, {out.parent}, does not exist; create it first")
-    _check_overwrite(out, args.overwrite)
-    if args.arch is not None and not _ARCH_RE.match(args.arch):
-        raise _UserError(f"--arch {args.arch!r} is not of the form "
-                         "r{depth}_{width}x_sk{0|1}, e.g. r50_1x_sk1")
-    if args.arch is not None:
-        parse_name(args.arch)  # a depth or width the zoo doesn't have: named here
-    if args.input_size is not None and args.input_size < 1:
-        raise _UserError(f"--input-size must be a positive number of pixels, got {args.input_size}")
-    architecture = args.arch
-    # Optional importer arguments are passed only when set, so the call stays within
-    # the minimal convert_saved_model(saved_model_dir, out_path, architecture) contract.
-    extra = {}
-    if args.input_size is not None:
-        extra["input_shape"] = (args.input_size, args.input_size, 3)
-    if args.checkpoint is not None:
-        entry = ck.get_checkpoint(args.checkpoint, args.stage)
-        architecture = architecture or entry.architecture
-        saved_model = dl.download_checkpoint(entry.name, entry.stage, cache_dir=args.cache_dir,
-                                             base_url=args.base_url)
-        extra["provenance"] = {"checkpoint": entry.name, "stage": entry.stage,
-                               "url": entry.url, "gs_url": entry.gs_url,
-                               "paper_top1": entry.top1}
-    else:
-        saved_model = pathlib.Path(args.saved_model)
-        if not (saved_model / "saved_model.pb").is_file():
-            hint = (f"; did you mean {saved_model / 'saved_model'}?"
-                    if (saved_model / "saved_model" / "saved_model.pb").is_file() else "")
-            raise _UserError(f"--saved-model {saved_model} has no saved_model.pb; give the "
-                             f"saved_model directory itself{hint}")
-    try:
-        from simclrv2.zoo.importer import convert_saved_model
-    except ImportError as e:
-        if e.name not in ("simclrv2.zoo.importer",):
-            raise
-        raise _UserError("this build of simclrv2 has no importer (simclrv2.zoo.importer "
-                         "is missing); update the package") from e
-    convert_saved_model(saved_model, out, architecture=architecture, **extra)
-    print(out)
     return errors.EXIT_DONE

@@ -152,14 +152,22 @@ class ModelConfig:
         return cls(**data)
 
 
-def parse_name(name: str) -> ModelConfig:
-    """`r50_2x_sk1` -> ModelConfig(depth=50, width=2, sk=True)."""
+def split_name(name: str) -> tuple:
+    """`r152_3x_sk1` -> (152, 3, True): the spelling alone, whether or not the zoo builds that
+    depth and width (parse_name checks those)."""
     match = _NAME_RE.match(str(name).strip())
     if not match:
         raise ValueError(
             f"unknown model name {name!r}: expected r<depth>_<width>x_sk<0|1>, e.g. 'r50_1x_sk1'; "
             "simclrv2.zoo.list_models() lists every valid name")
-    return ModelConfig(depth=int(match["depth"]), width=float(match["width"]), sk=match["sk"] == "1")
+    width = float(match["width"])
+    return int(match["depth"]), int(width) if width.is_integer() else width, match["sk"] == "1"
+
+
+def parse_name(name: str) -> ModelConfig:
+    """`r50_2x_sk1` -> ModelConfig(depth=50, width=2, sk=True)."""
+    depth, width, sk = split_name(name)
+    return ModelConfig(depth=depth, width=float(width), sk=sk)
 
 
 def resolve_config(name_or_config, **overrides) -> ModelConfig:

@@ -53,8 +53,7 @@ class SelectiveKernelConv(keras.layers.Layer):
         # The softmax over the two streams' gate logits, written as the sigmoid of their
         # difference (softmax([x, y])[0] == sigmoid(x - y)): the same gate without stacking the
         # streams on a new axis, which exported graphs turned into transposes, squeezes and
-        # layout changes around every SK block (49 transposes in r50_1x_sk1; its conversion
-        # took 58.7 s with them, 49.7 s without).
+        # layout changes around every SK block (docs/export.md measures what it saved).
         weight_a = ops.sigmoid(gate[..., :self.filters] - gate[..., self.filters:])
         # weight_a * a + (1 - weight_a) * b, with one product of full-size tensors instead of two.
         return stream_b + weight_a * (stream_a - stream_b)
