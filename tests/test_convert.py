@@ -11,7 +11,7 @@ from simclrv2 import convert
 from simclrv2.zoo import download as dl
 from simclrv2.zoo.checkpoints import get_checkpoint
 
-from test_download import NAME, STAGE, _assert_same_files, serve
+from test_zoo_download import NAME, STAGE, _assert_same_files, serve
 
 
 def _run(main, argv, capsys):

@@ -1,5 +1,5 @@
 """simclrv2/recipes/linear_evaluation.py: the raw-pixel baseline as a stage (the linear evaluation
-of trained networks runs in test_validation_split.py and test_recipes_fmnist.py)."""
+of trained networks runs in test_recipes_data_io.py and test_recipes_fmnist.py)."""
 
 import json
 import os

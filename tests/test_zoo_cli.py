@@ -9,7 +9,7 @@ from simclrv2 import cli as top_cli
 from simclrv2.zoo import cli, download as dl
 from simclrv2.zoo.checkpoints import get_checkpoint
 
-from test_download import NAME, STAGE, _assert_same_files, serve
+from test_zoo_download import NAME, STAGE, _assert_same_files, serve
 
 
 def _run(main, argv, capsys):

@@ -10,7 +10,7 @@ profile and the step rates of both on `benchmarks/train_step.py`).
 `fuse(model)` routes the training-mode call of each of the model's BatchNormalization layers
 through that kernel. The layers keep their class, config and variables, so checkpoints, .keras
 files and exports do not change; inference keeps Keras's own call. The fused call computes what
-Keras's does (tests/test_fused_batch_norm.py compares outputs, gradients and moving statistics),
+Keras's does (tests/test_recipes_fused_batch_norm.py compares outputs, gradients and moving statistics),
 with one difference undone: the kernel's batch variance carries Bessel's correction n/(n-1),
 which Keras's moving variance does not. Where it would not compute the same, the layer's own
 call runs: a mask, renorm, a channel axis other than the last, inputs of other than 2 or 4
