@@ -12,6 +12,7 @@ from simclrv2.main_job.run_dir import stage_result
 from simclrv2.plotting import label_fraction_axes, save_label_fraction_plot
 
 TRAIN_SIZE = 60000
+VALIDATION_SIZE = 5000  # held out of the training images by --validation (the recipes' default)
 
 
 def top1_of(result):
@@ -23,8 +24,9 @@ def top1_of(result):
     return result.get("knn_top1")
 
 
-def _labels_used(fraction):
-    return f"{int(round(fraction * TRAIN_SIZE))} ({fraction * 100:g}%)"
+def _labels_used(fraction, args):
+    train = TRAIN_SIZE - (VALIDATION_SIZE if args.validation else 0)
+    return f"{int(round(fraction * train))} ({fraction * 100:g}%)"
 
 
 def collect(job, stages, args):
@@ -37,7 +39,7 @@ def collect(job, stages, args):
         labels = result.get("num_labeled")
         row = dict(stage=name, label_fraction=fraction,
                    labels_used=(f"{labels} ({fraction * 100:g}%)" if labels
-                                else _labels_used(fraction)),
+                                else _labels_used(fraction, args)),
                    top1=top1_of(result), wall_s=walls.get(name))
         if result.get("precision"):  # the trained stages: which dtype policy they ran in
             row["precision"] = result["precision"]["policy"]
@@ -57,7 +59,7 @@ def collect(job, stages, args):
             row.update(method=f"baseline: same network from scratch, {args.width:g}x")
         elif kind == "distill":
             row.update(method=f"distilled student {args.student_width:g}x (10% teacher)",
-                       label_fraction=0.1, labels_used=_labels_used(0.1) + " via teacher")
+                       label_fraction=0.1, labels_used=_labels_used(0.1, args) + " via teacher")
         else:
             row.update(method=f"baseline: student {args.student_width:g}x on the 10% labels")
         rows.append(row)
