@@ -1,10 +1,7 @@
 """INT8 ONNX: onnxruntime's static QDQ quantization of an export's model.onnx, calibrated on images
-the user names, and kept only when its top-1 stays within a threshold of the float model's.
-
-Parity to 1e-4 means nothing for an 8-bit model, so its check is what a deployment cares about:
-on images held apart from the calibration images, how often the int8 model's top class agrees
-with the float model's, and, where those images have labels the model's classes match, the
-difference of their top-1 accuracies.
+the user names, and kept only when its top-1 stays within a threshold of the float model's
+(int8_check.py, the gate every int8 model of an export passes). The calibration and check images
+(`calibration_set`) are the same for the OpenVINO and LiteRT int8 models.
 """
 
 from __future__ import annotations
@@ -17,6 +14,7 @@ from typing import Optional
 import numpy as np
 
 from simclrv2.export.errors import ExportError, QuantizationError
+from simclrv2.export.int8_check import check_int8
 from simclrv2.export.options import CALIBRATION_EXAMPLES, CHECK_EXAMPLES, MAX_INT8_DROP
 
 INT8_FILE = "model.int8.onnx"
@@ -200,29 +198,15 @@ def quantize_int8(float_onnx, out_path, images: CalibrationSet,
                         calibrate_method=CalibrationMethod.MinMax)
     finally:
         prepared.unlink(missing_ok=True)
-    reference = _logits(float_onnx, images.check).argmax(1)
-    quantized = _logits(out_path, images.check).argmax(1)
-    check = {"agreement_with_float": float(np.mean(reference == quantized)),
-             "check_examples": len(images.check)}
-    if images.check_labels is not None:
-        float_top1 = float(np.mean(reference == images.check_labels))
-        int8_top1 = float(np.mean(quantized == images.check_labels))
-        check.update(float_top1=float_top1, int8_top1=int8_top1,
-                     top1_drop_points=round(100 * (float_top1 - int8_top1), 3))
-        measured, what = check["top1_drop_points"], "top-1 drop"
-    else:
-        check["disagreement_points"] = round(100 * (1 - check["agreement_with_float"]), 3)
-        measured, what = check["disagreement_points"], "disagreement with the float model"
-    if measured > max_drop_points:
+    try:
+        check = check_int8(_logits(float_onnx, images.check), _logits(out_path, images.check),
+                           images.check_labels, max_drop_points, "int8 model")
+    except QuantizationError:
         out_path.unlink(missing_ok=True)
-        raise QuantizationError(
-            f"the int8 model's {what} is {measured:.2f} points on {len(images.check)} images, over "
-            f"the allowed {max_drop_points:g}; nothing was written. Calibrate on images closer to "
-            f"what it will see, or allow more (max_int8_drop / --max-int8-drop)")
+        raise
     from simclrv2.precision import cpu_flags
 
     fast = [flag for flag in INT8_DOT_PRODUCT_FLAGS if flag in cpu_flags()]
     return {"file": out_path.name, "quant_format": "QDQ", "weights": "int8 per channel",
             "exporting_cpu_int8_dot_product": fast,
-            "activations": "uint8 per tensor", "calibration_method": "MinMax",
-            "max_drop_points": max_drop_points, "gate": what, **check}
+            "activations": "uint8 per tensor", "calibration_method": "MinMax", **check}
