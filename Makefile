@@ -1,6 +1,7 @@
 # `make test` and `make run` do all set-up on a fresh machine: a virtualenv in .venv with the
-# package and its test extras, the fused augmentation op (compiled with g++; without one the TF
-# ops are used), and Debian's dataset-fashion-mnist (the embedded default data).
+# package, its test extras and the export's optional runtimes (OpenVINO, NNCF, LiteRT), the
+# fused augmentation op (compiled with g++; without one the TF ops are used), and Debian's
+# dataset-fashion-mnist (the embedded default data).
 # `make bazel-test` runs the same suite under Bazel 4.2.3 (Debian's bazel-bootstrap), offline:
 # docs/bazel.md.
 VENV    ?= .venv
@@ -20,7 +21,7 @@ setup: $(STAMP) $(FMNIST)
 $(STAMP): setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install -q --upgrade pip
-	$(PYTHON) -m pip install -q -e ".[test]"
+	$(PYTHON) -m pip install -q -e ".[test,runtimes]"
 	$(PYTHON) -m pip install -q --no-deps "tf-keras>=2.21,<2.22" "tensorflow-hub>=0.16,<0.17"
 	$(PYTHON) -m simclrv2 build-ops
 	touch $(STAMP)

@@ -14,7 +14,7 @@ def test_formats_from_a_string_or_a_list_in_the_order_given():
 
 
 @pytest.mark.parametrize("arguments, words", [
-    ({"formats": "onnx,tflite"}, "unknown export format(s) ['tflite']"),
+    ({"formats": "onnx,coreml"}, "unknown export format(s) ['coreml']"),
     ({"formats": ""}, "unknown export format(s)"),
     ({"temperature": 0}, "temperature must be > 0"),
     ({"image_size": 4}, "image_size must be an integer >= 8"),

@@ -1,13 +1,16 @@
-"""One self-describing, verified export directory: SavedModel, ONNX and .keras of a SimCLRv2 model.
+"""One self-describing, verified export directory: SavedModel, ONNX, .keras, and on request OpenVINO
+and TFLite, of a SimCLRv2 model.
 
     from simclrv2.export import export_model
     report = export_model(model, "exports/r50_1x_sk1")     # or a .keras / run dir / SavedModel path
 
 `export_model` checks its options (options.py) and the output directory (output_dir.py),
 resolves the model (simclrv2.artifacts), writes each format into a temporary sibling of the
-output directory (saved_model.py, onnx.py, keras_file.py, int8.py), compares every artifact with
-the Keras model on a probe batch (verification.py), adds config.json, README.md and SHA256SUMS
-(model_card.py), and only then renames the directory into place. See docs/export.md.
+output directory (saved_model.py, onnx.py, openvino.py, tflite.py, keras_file.py), compares every
+artifact with the Keras model on a probe batch (verification.py), checks OpenVINO's default
+precision and quantizes to int8 (int8.py, openvino_int8.py, tflite_int8.py) on the check images,
+adds config.json, README.md and SHA256SUMS (model_card.py), and only then renames the directory
+into place. See docs/export.md.
 """
 
 from __future__ import annotations
@@ -17,11 +20,15 @@ import json
 import os
 import time
 
+import numpy as np
+
 from simclrv2 import precision as precision_lib
 from simclrv2.artifacts import EXPORT_FORMAT
-from simclrv2.export import int8, keras_file, onnx, output_dir, saved_model, verification
+from simclrv2.export import (int8, keras_file, onnx, openvino, openvino_int8, output_dir,
+                             saved_model, tflite, tflite_int8, verification)
+from simclrv2.export import options as export_options
 from simclrv2.export.errors import ExportError
-from simclrv2.export.model_card import model_card, write_checksums
+from simclrv2.export.model_card import file_sizes, model_card, write_checksums
 from simclrv2.export.options import (CALIBRATION_EXAMPLES, CHECK_EXAMPLES, DEFAULT_TEMPERATURE,
                                      FORMATS, MAX_INT8_DROP, ExportOptions)
 from simclrv2.export.signatures import ExportGraph, preprocessing_description
@@ -39,7 +46,11 @@ def export_model(model, out_dir, formats=FORMATS, image_size=None, stage=None, p
     model: a SimCLRv2Model, a .keras path, a recipe run directory, an export directory, an
       official SimCLRv2 SavedModel directory, or a registry name (with `stage`); see
       simclrv2.artifacts.resolve.
-    formats: any of "savedmodel", "onnx", "keras" (list or comma-separated string).
+    formats: any of "savedmodel", "onnx", "keras" (the default), "openvino", "tflite" (list or
+      comma-separated string). "openvino" is read from model.onnx (written for it, and
+      removed, when "onnx" is not asked for) and run at float32 to RTOL, then at OpenVINO's
+      default precision on the check images: refused (VerificationError) when its top-1
+      agrees with the Keras model's on less than options.MIN_RUNTIME_AGREEMENT of them.
     image_size: the square input side of every artifact (default: the model's input size).
     stage: recorded in config.json; for a registry name, which released stage to load.
     provenance: extra fields recorded under config.json's "provenance".
@@ -48,13 +59,15 @@ def export_model(model, out_dir, formats=FORMATS, image_size=None, stage=None, p
       refused, with or without it.
     temperature: the distill signature's default, recorded in config.json (the signature takes
       it as an input).
-    quantize="int8": also model.int8.onnx, onnxruntime's static QDQ quantization of model.onnx
-      (needs "onnx" in formats and a supervised head), calibrated on `calibration_examples`
-      images of `calibration` (a dataset name, an image folder, or an array of images / a tuple
-      (images, labels); see simclrv2.export.int8.calibration_set, `data_dir` as for the
-      recipes) and checked on up to `check_examples` other ones: refused (QuantizationError,
-      nothing written) when its top-1 drop, or without labels its disagreement with the float
-      model, exceeds `max_int8_drop` points.
+    quantize="int8": an int8 model for each of onnx (model.int8.onnx, onnxruntime's static QDQ
+      quantization), openvino (openvino/model.int8.xml, NNCF) and tflite (model.int8.tflite,
+      full-integer) among the formats (one at least; needs a supervised head), calibrated on
+      `calibration_examples` images of `calibration` (a dataset name, an image folder, or an
+      array of images / a tuple (images, labels); see simclrv2.export.int8.calibration_set,
+      `data_dir` as for the recipes) and checked on up to `check_examples` other ones: refused
+      (QuantizationError, nothing written) when its top-1 drop, or without labels its
+      disagreement with the float model, exceeds `max_int8_drop` points. Those check images
+      are also OpenVINO's (without `calibration`, RUNTIME_CHECK_EXAMPLES random images).
     Raises ExportError for bad input, VerificationError when an artifact doesn't match; either
     way nothing is left at out_dir.
     """
@@ -79,9 +92,11 @@ def _export(model, out_dir, options: ExportOptions) -> dict:
     image_size = int(options.image_size or config.input_shape[0] or
                      (32 if config.cifar_stem else 224))
     keras_model = _at_size(keras_model, image_size)
-    if "onnx" in options.formats:
+    if {"onnx", "openvino"} & set(options.formats):
         onnx.check_fits(keras_model)
-    int8_images = _calibration_images(options, keras_model, image_size)
+    if "tflite" in options.formats:
+        tflite.check_fits(keras_model)
+    check_images = _check_images(options, keras_model, image_size)
     graph = ExportGraph(keras_model, image_size, options.temperature)
     report = _report(keras_model, image_size, options, source, graph)
 
@@ -92,22 +107,19 @@ def _export(model, out_dir, options: ExportOptions) -> dict:
             saved_model.write_saved_model(graph, tmp / saved_model.DIRECTORY)
             report["signatures"] = graph.signature_report()
             report["skipped_signatures"] = dict(graph.skipped)
-        if "onnx" in options.formats:
-            report["onnx"] = _write_onnx(graph, tmp / onnx.FILE, report)
+        _write_onnx_and_openvino(graph, tmp, options.formats, report)
+        if "tflite" in options.formats:
+            report["tflite"] = tflite.write_tflite(graph, tmp / tflite.FILE)
         if "keras" in options.formats:
             keras_file.write_keras_file(keras_model, tmp / keras_file.FILE)
         report["verification"] = verification.verify(tmp, options.formats, keras_model,
                                                       image_size, options.temperature)
-        report["int8"] = None
-        if options.quantize:
-            report["int8"] = int8.quantize_int8(tmp / onnx.FILE, tmp / int8.INT8_FILE,
-                                                int8_images, float(options.max_int8_drop))
-            report["int8"]["calibration"] = int8_images.description
+        _check_on_images(tmp, graph, options, check_images, report)
         report["exported_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec="seconds")
         report["export_wall_s"] = round(time.monotonic() - started, 2)
         (tmp / "config.json").write_text(json.dumps(report, indent=2) + "\n")
-        (tmp / "README.md").write_text(model_card(report))
+        (tmp / "README.md").write_text(model_card(report, file_sizes(tmp)))
         write_checksums(tmp)
     report["out_dir"] = str(out)
     report["removed_stale"] = stale
@@ -155,18 +167,76 @@ def _at_size(model, image_size):
     return resized
 
 
-def _calibration_images(options, model, image_size):
-    """The int8 calibration and check images, read before anything is exported so that bad
-    ones fail fast; None without quantization."""
-    if not options.quantize:
-        return None
+def _check_images(options, model, image_size):
+    """The images the int8 models are calibrated and checked on, and OpenVINO's default
+    precision checked on, read before anything is exported so that bad ones fail fast: those
+    of `calibration` when given, else for OpenVINO RUNTIME_CHECK_EXAMPLES random images; None
+    when neither is needed."""
     config = model.simclr_config
-    if not config.num_classes:
+    if options.quantize and not config.num_classes:
         raise ExportError(f"{config.name} has no supervised head: the int8 model is checked "
                           "by its top-1, so quantize a fine-tuned or distilled model")
-    return int8.calibration_set(options.calibration, image_size, config.num_classes,
-                                options.calibration_examples, options.check_examples,
-                                data_dir=options.data_dir)
+    if options.calibration is not None and (options.quantize or "openvino" in options.formats):
+        return int8.calibration_set(options.calibration, image_size, config.num_classes,
+                                    options.calibration_examples, options.check_examples,
+                                    data_dir=options.data_dir)
+    if "openvino" not in options.formats:
+        return None
+    count = export_options.RUNTIME_CHECK_EXAMPLES
+    rng = np.random.default_rng(int8.SEED)
+    images = rng.uniform(0, 1, (count, image_size, image_size, 3)).astype(np.float32)
+    return int8.CalibrationSet(
+        calibration=images[:0], check=images, check_labels=None,
+        description={"source": "random", "check_split": "uniform random images in [0, 1]",
+                     "seed": int8.SEED, "calibration_examples": 0, "check_examples": count})
+
+
+def _write_onnx_and_openvino(graph, tmp, formats, report):
+    """model.onnx, and the OpenVINO model read from it (from a model.onnx written into
+    openvino/ and removed there when "onnx" is not among the formats)."""
+    if "openvino" in formats and "onnx" not in formats:
+        source = tmp / openvino.DIRECTORY / openvino.SOURCE_ONNX
+        source.parent.mkdir()
+        _write_onnx(graph, source, report)
+        report["openvino"] = openvino.write_openvino(source, tmp / openvino.DIRECTORY)
+        source.unlink()
+        return
+    if "onnx" in formats:
+        report["onnx"] = _write_onnx(graph, tmp / onnx.FILE, report)
+    if "openvino" in formats:
+        report["openvino"] = openvino.write_openvino(tmp / onnx.FILE, tmp / openvino.DIRECTORY)
+
+
+def _check_on_images(tmp, graph, options, images, report):
+    """OpenVINO at its default precision, then each int8 model, on the check images against
+    the Keras model; each adds its record to `report` or refuses the export."""
+    report["int8"] = None
+    if images is None:
+        return
+    formats = options.formats
+    reference = verification.reference_outputs(graph.model, images.check)
+    if "openvino" in formats:
+        report["openvino"]["default_precision"] = openvino.check_default_precision(
+            tmp / openvino.DIRECTORY / openvino.FILE, images.check, reference,
+            export_options.MIN_RUNTIME_AGREEMENT)
+        report["openvino"]["check_images"] = images.description
+    if not options.quantize:
+        return
+    max_drop = float(options.max_int8_drop)
+    if "onnx" in formats:
+        report["int8"] = int8.quantize_int8(tmp / onnx.FILE, tmp / int8.INT8_FILE, images,
+                                            max_drop)
+        report["int8"]["calibration"] = images.description
+    if "openvino" in formats:
+        folder = tmp / openvino.DIRECTORY
+        report["openvino"]["int8"] = openvino_int8.quantize_openvino_int8(
+            folder / openvino.FILE, folder / openvino.INT8_FILE, images, reference["logits"],
+            max_drop)
+        report["openvino"]["int8"]["calibration"] = images.description
+    if "tflite" in formats:
+        report["tflite"]["int8"] = tflite_int8.quantize_tflite_int8(
+            graph, tmp / tflite.INT8_FILE, images, reference["logits"], max_drop)
+        report["tflite"]["int8"]["calibration"] = images.description
 
 
 def _report(model, image_size, options, source, graph):
@@ -189,7 +259,8 @@ def _report(model, image_size, options, source, graph):
                   "description": "float32 RGB images in [0, 1], NHWC, no mean/std normalisation"},
         "preprocessing": preprocessing_description(image_size),
         "formats": list(options.formats),
-        "signatures": {}, "skipped_signatures": {}, "onnx": None,
+        "signatures": {}, "skipped_signatures": {}, "onnx": None, "openvino": None,
+        "tflite": None,
         "finetune_trainable_variables": graph.head_paths,
         "distill_default_temperature": float(options.temperature),
         "source": source["source"], "source_kind": source["source_kind"],

@@ -1,5 +1,5 @@
 """What an export says about itself for people: README.md (the model card) from config.json's
-report, and SHA256SUMS (`sha256sum -c` format) over every file."""
+report with each file's size, and SHA256SUMS (`sha256sum -c` format) over every file."""
 
 from __future__ import annotations
 
@@ -19,8 +19,64 @@ def write_checksums(root):
     return len(lines)
 
 
-def model_card(report):
-    """README.md of the export described by `report` (what config.json holds)."""
+def file_sizes(root) -> dict:
+    """{path relative to root (posix): bytes} of every file below root."""
+    root = pathlib.Path(root)
+    return {p.relative_to(root).as_posix(): p.stat().st_size
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _size(sizes, *names):
+    """The size of the files `names` together, or of every file below a name ending in "/"."""
+    total = sum(size for path, size in sizes.items()
+                if path in names or any(n.endswith("/") and path.startswith(n) for n in names))
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if total >= scale:
+            return f"{total / scale:.1f} {unit}"
+    return f"{total} B"
+
+
+def _runtime_rows(report, size):
+    """The model card's rows of the OpenVINO and TFLite files."""
+    rows = []
+    ov = report.get("openvino")
+    if ov:
+        precision = ov.get("default_precision") or {}
+        agreement = precision.get("top1_agreement")
+        checked = (f"; at OpenVINO's default precision here "
+                   f"({precision['inference_precision']}) top-1 agreement with Keras "
+                   f"{100 * agreement:.1f}% on {precision['check_examples']} images"
+                   if agreement is not None else "")
+        rows.append(f"| `{ov['files'][0]}` + `.bin` | {size(*ov['files'])} | OpenVINO IR "
+                    f"(float32 weights) read from model.onnx, same input and outputs{checked} |")
+        q = ov.get("int8")
+        if q:
+            rows.append(f"| `{q['files'][0]}` + `.bin` | {size(*q['files'])} | OpenVINO int8 "
+                        f"(NNCF); {_gate(q)} |")
+    lite = report.get("tflite")
+    if lite:
+        rows.append(f"| `{lite['file']}` | {size(lite['file'])} | TFLite float32 for LiteRT, "
+                    f"signature `{lite['signature']}` with model.onnx's input and outputs |")
+        q = lite.get("int8")
+        if q:
+            rows.append(f"| `{q['file']}` | {size(q['file'])} | TFLite full-integer int8 "
+                        f"(float32 input and outputs); {_gate(q)} |")
+    return rows
+
+
+def _gate(q):
+    return (f"{q['gate']} {q.get('top1_drop_points', q.get('disagreement_points'))} points on "
+            f"{q['check_examples']} images (allowed {q['max_drop_points']:g})")
+
+
+def model_card(report, sizes=None):
+    """README.md of the export described by `report` (what config.json holds); `sizes`
+    ({relative path: bytes}, file_sizes) gives each file's size."""
+    sizes = sizes or {}
+
+    def size(*names):
+        return _size(sizes, *names)
+
     cfg = report["model_config"]
     lines = [
         f"# {report['architecture']} ({report['stage']})", "",
@@ -33,25 +89,26 @@ def model_card(report):
         f"- Input: {report['input']['description']}, "
         f"{report['image_size']}x{report['image_size']}, any batch size",
         f"- Preprocessing: {report['preprocessing']['eval']}", "",
-        "| file | what |", "|---|---|",
+        "| file | size | what |", "|---|---|---|",
     ]
     if "savedmodel" in report["formats"]:
         sigs = ", ".join(f"`{s}`" for s in report["signatures"])
-        lines.append(f"| `saved_model/` | TF SavedModel; signatures {sigs} |")
+        lines.append(f"| `saved_model/` | {size('saved_model/')} | TF SavedModel; "
+                     f"signatures {sigs} |")
     if "onnx" in report["formats"]:
         outs = ", ".join(f"`{o}`" for o in report["onnx"]["outputs"])
-        lines.append(f"| `model.onnx` | ONNX opset {report['onnx']['opset']}, input `images`, "
-                     f"outputs {outs} |")
+        lines.append(f"| `model.onnx` | {size('model.onnx')} | ONNX opset "
+                     f"{report['onnx']['opset']}, input `images`, outputs {outs} |")
     if report.get("int8"):
         q = report["int8"]
-        lines.append(f"| `{q['file']}` | the ONNX model quantized to int8 (QDQ, onnxruntime); "
-                     f"{q['gate']} {q.get('top1_drop_points', q.get('disagreement_points'))} "
-                     f"points on {q['check_examples']} images (allowed {q['max_drop_points']:g}) |")
+        lines.append(f"| `{q['file']}` | {size(q['file'])} | the ONNX model quantized to int8 "
+                     f"(QDQ, onnxruntime); {_gate(q)} |")
+    lines += _runtime_rows(report, size)
     if "keras" in report["formats"]:
-        lines.append("| `model.keras` | Keras 3 model with its heads, for `fit` "
-                     "(`import simclrv2.zoo` first) |")
-    lines += ["| `config.json` | everything below, machine-readable |",
-              f"| `{CHECKSUMS}` | `sha256sum -c {CHECKSUMS}` |", ""]
+        lines.append(f"| `model.keras` | {size('model.keras')} | Keras 3 model with its heads, "
+                     "for `fit` (`import simclrv2.zoo` first) |")
+    lines += [f"| `config.json` | {size('config.json')} | everything below, machine-readable |",
+              f"| `{CHECKSUMS}` | | `sha256sum -c {CHECKSUMS}` |", ""]
     if report["skipped_signatures"]:
         lines.append("Not exported: " + "; ".join(
             f"`{k}` ({v})" for k, v in report["skipped_signatures"].items()) + ".")

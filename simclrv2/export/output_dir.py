@@ -23,6 +23,7 @@ from simclrv2.export.errors import ExportError
 
 # Everything an export directory holds at its top level (all formats).
 EXPORT_ENTRIES = frozenset({"saved_model", "model.onnx", "model.int8.onnx", "model.keras",
+                            "openvino", "model.tflite", "model.int8.tflite",
                             "config.json", "README.md", "SHA256SUMS"})
 STALE_AFTER_S = 3600  # see remove_stale_temporaries
 _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?:(?P<pid>\d+)-)?[0-9a-f]{8}$")

@@ -1,5 +1,6 @@
 """Every exported artifact against the Keras model it came from, on a probe batch: each
-SavedModel signature as TF Serving calls it, each ONNX output, the reloaded .keras. An output
+SavedModel signature as TF Serving calls it, each output of model.onnx (onnxruntime), of the
+OpenVINO model run at float32 and of model.tflite (LiteRT), the reloaded .keras. An output
 further than RTOL from the Keras model's fails the export before anything is written."""
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ import warnings
 
 import numpy as np
 
-from simclrv2.export import keras_file, onnx, saved_model
+from simclrv2.export import keras_file, onnx, openvino, saved_model, tflite
 from simclrv2.export.errors import VerificationError
 from simclrv2.export.signatures import preprocess_encoded
 from simclrv2.zoo.importer import RTOL, rel_diff
@@ -44,6 +45,18 @@ def _keras_outputs(model, images):
         warnings.filterwarnings("ignore", message="The structure of `inputs`")
         out = model(images, training=False)
     return {k: np.asarray(v, np.float32) for k, v in out.items()}
+
+
+def reference_outputs(model, images, batch=50):
+    """The Keras model's outputs on many images, `batch` at a time, under the names of
+    model.onnx's outputs ("logits" for "logits_sup"): what the runtimes' checks compare with."""
+    chunks = {}
+    for start in range(0, len(images), batch):
+        out = _keras_outputs(model, images[start:start + batch])
+        for key in ("final_avg_pool", "proj_head_output", "logits_sup"):
+            if key in out:
+                chunks.setdefault("logits" if key == "logits_sup" else key, []).append(out[key])
+    return {k: np.concatenate(v) for k, v in chunks.items()}
 
 
 def expected_outputs(model, images, bytes_images, temperature):
@@ -89,12 +102,18 @@ def verify(directory, formats, model, image_size, temperature, seed=0) -> dict:
     if "savedmodel" in formats:
         got = saved_model.run_saved_model(directory / saved_model.DIRECTORY, images, encoded, temperatures)
         figures["saved_model"] = _compare(got, expected, "SavedModel")
-    if "onnx" in formats:
-        got = onnx.run_onnx(directory / onnx.FILE, images)
-        ref = expected["serving_default"] if "serving_default" in expected else {}
-        want = {**ref, **expected["features"], **expected.get("projection", {})}
-        figures["onnx"] = _compare({"onnx": got}, {"onnx": want}, "ONNX model")
-        figures["onnx"] = {k.split("/", 1)[1]: v for k, v in figures["onnx"].items()}
+    # model.onnx, the OpenVINO model and model.tflite share one set of outputs and names.
+    flat = {**expected.get("serving_default", {}), **expected["features"],
+            **expected.get("projection", {})}
+    runners = {"onnx": ("ONNX model", lambda: onnx.run_onnx(directory / onnx.FILE, images)),
+               "openvino": ("OpenVINO model (f32)", lambda: openvino.run_openvino(
+                   directory / openvino.DIRECTORY / openvino.FILE, images, openvino.F32)),
+               "tflite": ("TFLite model (LiteRT)",
+                          lambda: tflite.run_tflite(directory / tflite.FILE, images))}
+    for fmt, (what, run) in runners.items():
+        if fmt in formats:
+            compared = _compare({fmt: run()}, {fmt: flat}, what)
+            figures[fmt] = {k.split("/", 1)[1]: v for k, v in compared.items()}
     if "keras" in formats:
         out = _keras_outputs(keras_file.read_keras_file(directory / keras_file.FILE), images)
         ref = _keras_outputs(model, images)
