@@ -45,7 +45,7 @@ def _runtime_rows(report, size):
         agreement = precision.get("top1_agreement")
         checked = (f"; at OpenVINO's default precision here "
                    f"({precision['inference_precision']}) top-1 agreement with Keras "
-                   f"{100 * agreement:.1f}% on {precision['check_examples']} images"
+                   f"{100 * agreement:.2f}% on {precision['check_examples']} images"
                    if agreement is not None else "")
         rows.append(f"| `{ov['files'][0]}` + `.bin` | {size(*ov['files'])} | OpenVINO IR "
                     f"(float32 weights) read from model.onnx, same input and outputs{checked} |")
