@@ -67,7 +67,7 @@ def _exports(model, out, size, args):
     """Writes every artifact into `out`; returns {what: wall seconds} and the export report."""
     import numpy as np
 
-    from simclrv2.export import export_model
+    from simclrv2.export import export_model, openvino, tflite
     from simclrv2.export.int8 import calibration_set
     from simclrv2.export.verification import reference_outputs
 
@@ -76,12 +76,9 @@ def _exports(model, out, size, args):
     walls = {"SavedModel + ONNX (export_model, verified)": seconds}
     graph = None
     if not args.no_openvino:
-        from simclrv2.export import openvino
-
         _, walls["OpenVINO conversion (from model.onnx)"] = _timed(lambda: openvino.write_openvino(
             os.path.join(out, "model.onnx"), os.path.join(out, openvino.DIRECTORY)))
     if not args.no_tflite:
-        from simclrv2.export import tflite
         from simclrv2.export.signatures import ExportGraph
 
         graph = ExportGraph(model, size, 1.0)
@@ -101,7 +98,6 @@ def _exports(model, out, size, args):
         os.path.join(out, "model.onnx"), os.path.join(out, "model.int8.onnx"), images,
         max_drop_points=100.0))
     if not args.no_openvino:
-        from simclrv2.export import openvino
         from simclrv2.export.openvino_int8 import quantize_openvino_int8
 
         folder = os.path.join(out, openvino.DIRECTORY)
@@ -109,7 +105,6 @@ def _exports(model, out, size, args):
             os.path.join(folder, openvino.FILE), os.path.join(folder, openvino.INT8_FILE), images,
             reference, max_drop_points=100.0))
     if not args.no_tflite:
-        from simclrv2.export import tflite
         from simclrv2.export.tflite_int8 import quantize_tflite_int8
 
         _, walls[f"LiteRT int8, full-integer {label}"] = _timed(lambda: quantize_tflite_int8(

@@ -47,3 +47,22 @@ def sure_images(model, count, side, seed=1, margin=0.05):
     if sure.sum() < count:
         raise AssertionError(f"only {sure.sum()} of {len(images)} images have a clear top class")
     return images[sure][:count], scores[sure][:count].argmax(1)
+
+
+def int8_refusal(model, out, formats, side, count=100, black=50):
+    """The message of the QuantizationError that export_model(..., quantize="int8") raises for
+    `formats` calibrated on `black` black images and checked on `count` the model is sure about
+    (labelled with its own top class): ranges fitted to black images are far too narrow for the
+    others, so the int8 model's top class disagrees with the float model's there."""
+    from simclrv2.export import export_model
+    from simclrv2.export.errors import QuantizationError
+
+    sure, labels = sure_images(model, count, side)
+    images = np.concatenate([np.zeros((black, side, side, 3), np.float32), sure])
+    labels = np.concatenate([np.zeros(black, np.int64), labels])
+    try:
+        export_model(model, out, formats=formats, quantize="int8", calibration=(images, labels),
+                     calibration_examples=black, check_examples=count, max_int8_drop=0.5)
+    except QuantizationError as refusal:
+        return str(refusal)
+    raise AssertionError(f"the {formats} int8 model calibrated on black images was accepted")

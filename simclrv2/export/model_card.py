@@ -37,8 +37,8 @@ def _size(sizes, *names):
 
 
 def _runtime_rows(report, size):
-    """The model card's rows of the OpenVINO and TFLite files."""
-    rows = []
+    """The model card's rows of the OpenVINO and TFLite files: (files, what) for each model."""
+    models = []
     ov = report.get("openvino")
     if ov:
         precision = ov.get("default_precision") or {}
@@ -47,21 +47,20 @@ def _runtime_rows(report, size):
                    f"({precision['inference_precision']}) top-1 agreement with Keras "
                    f"{100 * agreement:.2f}% on {precision['check_examples']} images"
                    if agreement is not None else "")
-        rows.append(f"| `{ov['files'][0]}` + `.bin` | {size(*ov['files'])} | OpenVINO IR "
-                    f"(float32 weights) read from model.onnx, same input and outputs{checked} |")
-        q = ov.get("int8")
-        if q:
-            rows.append(f"| `{q['files'][0]}` + `.bin` | {size(*q['files'])} | OpenVINO int8 "
-                        f"(NNCF); {_gate(q)} |")
+        models.append((ov["files"], "OpenVINO IR (float32 weights) read from model.onnx, same "
+                                    f"input and outputs{checked}"))
+        if ov.get("int8"):
+            models.append((ov["int8"]["files"], f"OpenVINO int8 (NNCF); {_gate(ov['int8'])}"))
     lite = report.get("tflite")
     if lite:
-        rows.append(f"| `{lite['file']}` | {size(lite['file'])} | TFLite float32 for LiteRT, "
-                    f"signature `{lite['signature']}` with model.onnx's input and outputs |")
-        q = lite.get("int8")
-        if q:
-            rows.append(f"| `{q['file']}` | {size(q['file'])} | TFLite full-integer int8 "
-                        f"(float32 input and outputs); {_gate(q)} |")
-    return rows
+        models.append(([lite["file"]], f"TFLite float32 for LiteRT, signature "
+                                       f"`{lite['signature']}` with model.onnx's input and outputs"))
+        if lite.get("int8"):
+            models.append(([lite["int8"]["file"]], "TFLite full-integer int8 (float32 input and "
+                                                   f"outputs); {_gate(lite['int8'])}"))
+    # An OpenVINO model is its .xml and the .bin beside it: one row, named by the .xml.
+    return [f"| `{files[0]}`{' + `.bin`' if len(files) > 1 else ''} | {size(*files)} | {what} |"
+            for files, what in models]
 
 
 def _gate(q):
