@@ -401,10 +401,14 @@ def main(argv=None):
     import numpy as np
 
     from simclrv2 import baselines
+    from simclrv2.dir_lock import DirectoryLock
     from simclrv2.recipes import data_io
 
     started = time.time()
     work = args.work_dir or tempfile.mkdtemp(prefix="simclrv2_semisup_")
+    # One benchmark per work directory: the lock is held until this process ends, when the
+    # kernel lets go of it (simclrv2/dir_lock.py).
+    DirectoryLock(work, option="another --work-dir").acquire()
     runner = Runner(args, work)
     print(f"semi-supervised benchmark: widths {args.widths}, {args.seeds} seed(s) downstream of "
           f"one pretraining per width, {args.image_size} px, budget {args.budget_minutes:g} min, "

@@ -9,17 +9,17 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
-import shutil
 import sys
 import time
 
 from simclrv2 import errors
+from simclrv2.dir_lock import DirectoryLock
 from simclrv2.atomic_files import read_json, write_json
 from simclrv2.main_job import report, settings
 from simclrv2.precision import PRECISIONS
 from simclrv2.main_job.plan import architecture, plan, with_default_steps
-from simclrv2.main_job.run_dir import (add_wall, check_data, check_run_dir, record_sizing,
-                                       stage_result)
+from simclrv2.main_job.run_dir import (add_wall, check_data, check_run_dir, check_sizes,
+                                       record_sizing, stage_result)
 from simclrv2.main_job.sizing import Progress, describe_sizing, size_steps, time_first_steps
 from simclrv2.zoo.config import WIDTHS, format_width, parse_name
 
@@ -180,9 +180,9 @@ def run_export(run):
 @errors.command("run")
 def main(argv=None):
     """Failures are reported by simclrv2.errors (one line, exit 2, for bad options, a missing or
-    corrupt dataset or a run directory of other settings); a run stopped early (SIGTERM, a first
-    Ctrl-C) exits 3 with its checkpoint saved, one interrupted without a clean stop 130
-    (docs/cli.md)."""
+    corrupt dataset, a run directory of other settings or one another process writes, a size
+    that cannot fit); a run stopped early (SIGTERM, a first Ctrl-C) exits 3 with its checkpoint
+    saved, one interrupted without a clean stop 130 (docs/cli.md)."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     started = time.time()
@@ -197,14 +197,30 @@ def main(argv=None):
     except RuntimeError:
         pass
     check_data(args)  # before the run directory: a missing dataset leaves nothing behind
+    check_sizes(args)  # and so does a size that cannot fit
     new_run = not run.exists()
-    check_run_dir(args)
+    lock = DirectoryLock(run, option="another --run-dir").acquire()
+    # A new run directory goes when the job is refused while it sizes the steps (the timed
+    # steps are no run to resume), or fails before any stage saved a checkpoint or result.
+    discard = new_run
     try:
+        check_run_dir(args)
         sizing = size_steps(args, time_steps=lambda a: time_first_steps(a, run_stage))
-    except errors.UsageError:
-        if new_run:  # a budget refused leaves no half-started run behind
-            shutil.rmtree(run, ignore_errors=True)
+        discard = False
+        return _job(args, run, started, sizing)
+    except BaseException:
+        if not discard:
+            from simclrv2.recipes.run_lifecycle import holds_progress
+
+            discard = new_run and not holds_progress(run)
         raise
+    finally:
+        lock.release(remove_directory=discard)
+
+
+def _job(args, run, started, sizing):
+    """The job in its locked run directory, its steps sized: the stages, the export, the
+    report."""
     if sizing is not None:
         record_sizing(run, sizing)
         print(describe_sizing(sizing, args))

@@ -1,6 +1,6 @@
 """The main job's run directory: job.json (its options, sizing and stage wall times), the guard
-against mixing runs of other options, and the check that the data is there before anything is
-written."""
+against mixing runs of other options, and the checks made before anything is written (the data
+is there, every stage's size fits in memory)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import pathlib
 
 from simclrv2 import errors
 from simclrv2.atomic_files import read_json, write_json
+from simclrv2.main_job import settings
+from simclrv2.main_job.plan import plan, with_default_steps
 
 
 def job_identity(args):
@@ -57,3 +59,18 @@ def check_data(args):
     import simclrv2.data as data
 
     data.load_labeled("fashion_mnist", "test", args.data_dir)
+
+
+def check_sizes(args):
+    """Every planned stage's estimated peak memory against what this process may use, before
+    the run directory is made: a size that cannot fit (--image-size, a --set batch) is refused
+    in one line naming the stage, whose own check would come only after the stages before it."""
+    from simclrv2.recipes import config as config_lib
+    from simclrv2.recipes import memory_estimate
+
+    for name, kind, values in plan(with_default_steps(args, only=None)):
+        config = config_lib.from_dict(settings.recipe_stage(kind), values)
+        try:
+            memory_estimate.check_fits(config)
+        except memory_estimate.DoesNotFitError as error:
+            raise memory_estimate.DoesNotFitError(f"stage {name}: {error}") from None

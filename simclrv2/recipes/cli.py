@@ -11,7 +11,6 @@ accepted for one release, with one deprecation line per run that names the dashe
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import difflib
 import json
@@ -20,8 +19,9 @@ import sys
 import textwrap
 import typing
 
-from simclrv2 import errors
+from simclrv2 import dir_lock, errors
 from simclrv2.recipes import config as config_lib
+from simclrv2.recipes import memory_estimate
 
 DESCRIPTION = """Runs stage `{stage}` with a recipe's settings, each one overridable by its option:
 `--train-steps 100` and `--train-steps=100` both work; an option shown as X|none also takes
@@ -38,7 +38,8 @@ examples:
 
 EXIT_STATUSES = (f"exit status: {errors.EXIT_DONE} done, {errors.EXIT_RUN_FAILED} the run failed "
                  f"(the loss became NaN/inf, a worker was lost), {errors.EXIT_MISTAKE} a mistake "
-                 f"in the input (one line), {errors.EXIT_PREEMPTED} stopped early with a "
+                 f"in the input (one line), also: --model-dir in use by another run, a size that "
+                 f"does not fit in memory, {errors.EXIT_PREEMPTED} stopped early with a "
                  f"checkpoint saved (run the same command again to resume), {errors.EXIT_BUG} a "
                  f"bug, {errors.EXIT_INTERRUPTED} interrupted without a checkpoint; the table: "
                  f"docs/cli.md")
@@ -93,6 +94,9 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
                              "defaults shown here, and options replace its keys")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved settings as JSON and exit without training")
+    parser.add_argument("--allow-running", action="store_true",
+                        help="read --checkpoint or --teacher even when it is a run another "
+                             "process is still writing (its newest checkpoint); refused without")
     shared = {f.name for f in dataclasses.fields(config_lib.RunConfig)}
     groups = (parser.add_argument_group("options of every stage"),
               parser.add_argument_group(f"options of {stage}"))
@@ -133,8 +137,8 @@ def _unknown(stage, extra, parser) -> str:
 
 
 def parse_args(stage: str, argv):
-    """(recipe, overrides keyed by field name, print_only, help_only) from argv; a malformed
-    option raises UsageError, with the dashed spelling."""
+    """(recipe, overrides keyed by field name, print_only, help_only, allow_running) from argv;
+    a malformed option raises UsageError, with the dashed spelling."""
     parser = build_parser(stage)
     argv, old = _dashed(list(argv), parser)
     if old:
@@ -144,20 +148,21 @@ def parse_args(stage: str, argv):
               f"{', '.join(dict.fromkeys(new))}", file=sys.stderr)
     args, extra = parser.parse_known_args(argv)
     if args.help:
-        return None, {}, False, True
+        return None, {}, False, True, False
     if extra:
         raise errors.UsageError(_unknown(stage, extra, parser))
     recipe, print_only = args.recipe, args.print_config
     overrides = {k: v for k, v in vars(args).items()
-                 if k not in ("help", "recipe", "print_config")}
-    return recipe, overrides, print_only, False
+                 if k not in ("help", "recipe", "print_config", "allow_running")}
+    return recipe, overrides, print_only, False, args.allow_running
 
 
 def _main(stage, argv):
     """Runs one stage; failures are reported by simclrv2.errors: one line and exit 2 for a bad
-    recipe, option, checkpoint or dataset, one line and exit 1 for a loss that became NaN/inf
-    or a lost worker of a multi-worker run."""
-    recipe, overrides, print_only, help_only = parse_args(stage, argv)
+    recipe, option, checkpoint or dataset, a model_dir another process writes or a size that
+    cannot fit, one line and exit 1 for a loss that became NaN/inf or a lost worker of a
+    multi-worker run."""
+    recipe, overrides, print_only, help_only, allow_running = parse_args(stage, argv)
     if help_only:
         print(build_parser(stage).format_help())
         return errors.EXIT_DONE
@@ -169,10 +174,18 @@ def _main(stage, argv):
     if model_dir.exists() and not model_dir.is_dir():
         raise config_lib.ConfigError(f"model_dir {model_dir} is a file; pass --model-dir DIR, a "
                                      f"new folder or a run to resume")
+    # Before TensorFlow is imported: a size that cannot fit, a model_dir another process writes
+    # or an input another run is still writing is refused at once (the stage checks again
+    # under its lock, and for its other callers). A multi-worker run's other workers share
+    # model_dir with the chief, and lock their own scratch directories.
+    memory_estimate.check_fits(config)
+    if config.strategy != "multiworker":
+        dir_lock.refuse_if_in_use(model_dir, "another --model-dir")
+    for option in ("checkpoint", "teacher"):
+        dir_lock.refuse_if_being_written(getattr(config, option, ""), allow_running)
     from simclrv2.recipes import stages  # TensorFlow: only once there is something to run
 
-    with _removed_if_left_empty(model_dir):
-        result = stages.STAGE_FUNCTIONS[stage](config)
+    result = stages.STAGE_FUNCTIONS[stage](config)
     result.pop("model", None)
     print(json.dumps(result, indent=2, default=str))
     if result.get("status") == "done":
@@ -185,19 +198,6 @@ def _main(stage, argv):
     print(f"simclrv2 {stage}: stopped at step {result.get('steps')} with a checkpoint saved in "
           f"{model_dir}; run the same command again to resume", file=sys.stderr)
     return errors.EXIT_PREEMPTED
-
-
-@contextlib.contextmanager
-def _removed_if_left_empty(model_dir):
-    """A run refused before it wrote anything (a bad dataset or checkpoint is found only after
-    the stage made model_dir) leaves no empty model_dir behind, if it was new."""
-    existed = model_dir.exists()
-    try:
-        yield
-    except Exception:
-        if not existed and model_dir.is_dir() and not any(model_dir.iterdir()):
-            model_dir.rmdir()
-        raise
 
 
 @errors.command("pretrain")

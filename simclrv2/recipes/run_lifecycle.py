@@ -1,9 +1,12 @@
-"""A run's directory from start to finish: created under its strategy, config.json recorded (and
-checked on resume), the label subset kept, then result.json and model.keras written at the end.
+"""A run's directory from start to finish: its size checked and its lock taken before anything
+is written, created under its strategy, config.json recorded (and checked on resume), the label
+subset kept, then result.json and model.keras written at the end; a run that fails before it
+saved anything leaves no new directory behind.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 import time
@@ -11,23 +14,84 @@ import time
 import tensorflow as tf
 
 from simclrv2.atomic_files import replacing, write_json
-from simclrv2.recipes import engine
+from simclrv2.dir_lock import DirectoryLock
+from simclrv2.recipes import engine, memory_estimate
 from simclrv2.recipes.config import ConfigError, to_dict
+
+# The directories this process writes, by absolute path, with the lock it holds on each.
+_HELD = {}
+# What a rerun in the same directory reuses: a finished stage, a checkpoint to resume from.
+PROGRESS_FILES = ("result.json", "model.keras", "checkpoints/checkpoint")
+
+
+def guarded(stage_function):
+    """`stage_function(config)` with what every run of a stage needs around it: refused before
+    anything is allocated or created when its size cannot fit (memory_estimate.check_fits); the
+    directory locks it takes (make_model_dir) let go whatever happens; a new model_dir removed
+    when the run fails before it saved a checkpoint or a result; memory that runs out anyway
+    reported as one line naming the setting to lower."""
+    @functools.wraps(stage_function)
+    def run(config):
+        memory_estimate.check_fits(config)
+        model_dir = pathlib.Path(config.model_dir).absolute()
+        new = not model_dir.exists()
+        held_before = set(_HELD)
+        failed = True
+        try:
+            result = stage_function(config)
+            failed = False
+            return result
+        except (tf.errors.ResourceExhaustedError, MemoryError) as error:
+            raise memory_estimate.out_of_memory_error(config, error) from error
+        finally:
+            remove = failed and new and not holds_progress(model_dir)
+            for directory in sorted(set(_HELD) - held_before, reverse=True):
+                _HELD.pop(directory).release(remove_directory=remove)
+    return run
+
+
+def holds_progress(directory) -> bool:
+    """Whether `directory`, a run directory or the main job's (one level up), holds anything a
+    rerun would reuse."""
+    directory = pathlib.Path(directory)
+    if not directory.is_dir():
+        return False
+    folders = [directory, *(p for p in directory.iterdir() if p.is_dir())]
+    return any((folder / name).exists() for folder in folders for name in PROGRESS_FILES)
 
 
 def start(config):
     """(strategy, model_dir) of a run that trains: TF configured for the config, the
-    distribution strategy made, the global batch checked against it, model_dir created."""
+    distribution strategy made, the global batch checked against it, model_dir created and
+    locked."""
     engine.configure_tf(config)
     strategy = engine.make_strategy(config)
     engine.check_global_batch(config.global_batch_size, strategy)
-    return strategy, make_model_dir(config)
+    return strategy, make_model_dir(config, strategy)
 
 
-def make_model_dir(config) -> pathlib.Path:
+def make_model_dir(config, strategy=None) -> pathlib.Path:
+    """model_dir, created, and this process holding the lock of what it writes there: a single
+    process or a multi-worker run's chief locks model_dir itself (a second writer is refused,
+    dir_lock.DirectoryInUseError); another worker locks its own scratch directory in it. The
+    lock is let go by finish, or by `guarded` when the run ends otherwise."""
     model_dir = pathlib.Path(config.model_dir)
+    writes = model_dir
+    if strategy is not None and not engine.is_chief(strategy):
+        writes = engine.checkpoint_dir(model_dir, strategy).parent
+    key = writes.absolute()
+    if key not in _HELD:  # held already when an earlier call in this process ended early
+        _HELD[key] = DirectoryLock(key, option="another --model-dir").acquire()
     model_dir.mkdir(parents=True, exist_ok=True)
     return model_dir
+
+
+def _release(model_dir):
+    """Lets go of the locks this process holds on model_dir and in it."""
+    root = pathlib.Path(model_dir).absolute()
+    for directory in sorted(_HELD, reverse=True):
+        if directory == root or root in directory.parents:
+            _HELD.pop(directory).release()
 
 
 def record_run(model_dir, stage, config, model_config, chief):
@@ -80,5 +144,6 @@ def finish(config, model_dir, stage, result, model, chief, started):
     result["checkpoint"] = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
     if chief:
         write_json(model_dir / "result.json", result)
+    _release(model_dir)
     result["model"] = model
     return result
