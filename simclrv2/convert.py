@@ -13,6 +13,7 @@ import argparse
 import pathlib
 
 from simclrv2 import artifacts, errors
+from simclrv2.dir_lock import DirectoryLock
 from simclrv2.zoo import checkpoints as ck
 from simclrv2.zoo import download as dl
 from simclrv2.zoo.config import parse_name
@@ -77,7 +78,15 @@ def convert_main(argv=None) -> int:
                          f"e.g. --out {out.with_suffix('.keras')}")
     if not out.parent.is_dir():
         raise _UserError(f"the directory of --out, {out.parent}, does not exist; create it first")
-    _check_overwrite(out, args.overwrite)
+    # One conversion at a time writes --out (and its .json): a second one is refused while this
+    # one holds `.NAME.keras.lock` beside it, and what it finds is checked under the lock.
+    with DirectoryLock(out, beside=True, option="another --out"):
+        _check_overwrite(out, args.overwrite)
+        return _convert(args, out)
+
+
+def _convert(args, out):
+    """The conversion, its --out checked and locked."""
     if args.arch is not None:
         try:
             parse_name(args.arch)  # the spelling, and a depth or width the zoo doesn't have

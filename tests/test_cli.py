@@ -95,3 +95,16 @@ def test_the_exit_statuses_are_the_table_of_docs_cli_md():
     assert len(set(constants.values())) == len(constants)  # no status means two things
     # The ones every script already relies on.
     assert (errors.EXIT_DONE, errors.EXIT_MISTAKE, errors.EXIT_BUG) == (0, 2, 70)
+
+
+def test_every_exit_table_names_the_directory_in_use_case(capsys):
+    """A second writer of a directory is refused with exit 2 (simclrv2/dir_lock.py): docs/cli.md's
+    table says so, and so do the statuses each writing command lists in its --help."""
+    text = (REPO_ROOT / "docs" / "cli.md").read_text()
+    section = text.split("## Exit statuses", 1)[1].split("\n## ", 1)[0]
+    row = next(line for line in section.splitlines() if line.startswith("| 2 |"))
+    assert "directory in use" in row and "is in use: pid" in row and "--allow-running" in row
+    for command in [*TRAINING, "export"]:
+        _, out, _ = _run([command, "--help"], capsys)
+        statuses = " ".join(out.lower().split("exit status", 1)[1].split())
+        assert "2 " in statuses and " in use by another" in statuses, (command, statuses)

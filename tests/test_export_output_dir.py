@@ -101,3 +101,67 @@ def test_stale_temporaries_of_killed_exports_are_removed_by_the_next_export(tmp_
     for path in kept:
         assert path.exists(), path.name
     assert (tmp_path / f".h.tmp-{dead}-5123abcd").is_file()
+
+
+# One export per --out at a time (simclrv2/dir_lock.py, `.NAME.lock` beside it): an export that
+# pauses before its verification, until a file appears.
+PAUSING_EXPORT = """
+import os, sys, time
+from simclrv2.export import verification
+verify = verification.verify
+def verify_after_a_pause(*args, **kwargs):
+    print("paused", flush=True)
+    while not os.path.exists(sys.argv[1]):
+        time.sleep(0.05)
+    return verify(*args, **kwargs)
+verification.verify = verify_after_a_pause
+from simclrv2 import cli
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+def test_an_export_racing_another_to_the_same_out_is_refused(tmp_path):
+    from conftest import REPO_ROOT
+
+    model, out, go = tmp_path / "m.keras", tmp_path / "exports" / "out", tmp_path / "go"
+    zoo.build("r18_0.125x_sk0", num_classes=3, input_shape=(16, 16, 3)).save(model)
+    argv = ["export", "--model", str(model), "--out", str(out), "--formats", "keras"]
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+    first = subprocess.Popen([sys.executable, "-c", PAUSING_EXPORT, str(go), *argv],
+                             cwd=REPO_ROOT, env=env, text=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    try:
+        assert first.stdout.readline().strip() == "paused", first.communicate()[1][-3000:]
+        second = subprocess.run([sys.executable, "-m", "simclrv2", *argv], cwd=REPO_ROOT,
+                                env=env, text=True, capture_output=True, timeout=600)
+        assert second.returncode == 2, second.stderr[-3000:]
+        assert second.stderr.count("\n") == 1 and second.stderr.startswith(
+            f"simclrv2 export: {out} is in use: pid {first.pid} on this machine since ")
+        assert second.stderr.rstrip().endswith("or choose another --out")
+    finally:
+        go.touch()
+        _, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err[-3000:]
+    assert sorted(os.listdir(out)) == ["README.md", "SHA256SUMS", "config.json", "model.keras"]
+    assert os.listdir(out.parent) == ["out"]  # no lock file, no temporary folder
+
+
+def test_an_export_of_a_run_being_written_is_refused_unless_asked(tmp_path, capsys):
+    from simclrv2.dir_lock import DirectoryLock
+
+    run = tmp_path / "run"
+    run.mkdir()
+    zoo.build("r18_0.125x_sk0", num_classes=3, input_shape=(16, 16, 3)).save(run / "model.keras")
+    argv = ["--model", str(run / "model.keras"), "--out", str(tmp_path / "out"), "--formats",
+            "keras"]
+    with DirectoryLock(run):  # a training process writing the run
+        assert export_main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"simclrv2 export: {run} is still being written by pid "
+                              f"{os.getpid()} on this machine")
+        assert err.rstrip().endswith(f"reading it now would take {run / 'model.keras'}; wait "
+                                     f"for that run to finish, or pass --allow-running to read "
+                                     f"it as it is")
+        assert not (tmp_path / "out").exists()
+        assert export_main(argv + ["--allow-running"]) == 0
+    assert (tmp_path / "out" / "model.keras").is_file()

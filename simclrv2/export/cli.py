@@ -17,7 +17,9 @@ EPILOG = """examples:
 Exit status: 0 exported, 1 an artifact did not match the Keras model, OpenVINO's default
 precision agreed with it on too few images, or an int8 model lost more top-1 than
 --max-int8-drop (nothing written),
-2 bad input (one line saying what to fix; --debug shows the traceback), 70 a bug (traceback)."""
+2 bad input (one line saying what to fix; --debug shows the traceback), also: --out in use by
+another export, --model a run another process is still writing (see --allow-running),
+70 a bug (traceback), 130 interrupted (the table: docs/cli.md)."""
 
 
 def _parser():
@@ -69,6 +71,9 @@ def _parser():
                         f"this percentage of the images); default {options.MAX_INT8_DROP}")
     p.add_argument("--data-dir", default=None,
                    help="where --calibration's dataset lives, as for the recipes")
+    p.add_argument("--allow-running", action="store_true",
+                   help="export --model even when it is a run another process is still "
+                        "writing (from its newest checkpoint); refused without")
     p.add_argument("--overwrite", action="store_true",
                    help="replace --out if it is an earlier export (its config.json says "
                         "\"format\": \"simclrv2-export\" and it holds nothing else); any "
@@ -101,7 +106,8 @@ def export_main(argv=None) -> int:
                               quantize=args.quantize, calibration=args.calibration,
                               calibration_examples=args.calibration_examples,
                               check_examples=args.check_examples,
-                              max_int8_drop=args.max_int8_drop, data_dir=args.data_dir)
+                              max_int8_drop=args.max_int8_drop, data_dir=args.data_dir,
+                              allow_running=args.allow_running)
     except VerificationError as e:
         print(f"simclrv2 export: verification failed: {e}", file=sys.stderr)
         return errors.EXIT_RUN_FAILED

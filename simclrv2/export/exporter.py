@@ -24,6 +24,7 @@ import numpy as np
 
 from simclrv2 import precision as precision_lib
 from simclrv2.artifacts import EXPORT_FORMAT
+from simclrv2.dir_lock import DirectoryLock, refuse_if_being_written
 from simclrv2.export import (int8, keras_file, onnx, openvino, openvino_int8, output_dir,
                              saved_model, tflite, tflite_int8, verification)
 from simclrv2.export import options as export_options
@@ -40,7 +41,7 @@ def export_model(model, out_dir, formats=FORMATS, image_size=None, stage=None, p
                  overwrite=False, temperature=DEFAULT_TEMPERATURE, quantize=None,
                  calibration=None, calibration_examples=CALIBRATION_EXAMPLES,
                  check_examples=CHECK_EXAMPLES, max_int8_drop=MAX_INT8_DROP,
-                 data_dir=None) -> dict:
+                 data_dir=None, allow_running=False) -> dict:
     """Exports `model` to `out_dir`, verified; returns the report also written to config.json.
 
     model: a SimCLRv2Model, a .keras path, a recipe run directory, an export directory, an
@@ -68,8 +69,11 @@ def export_model(model, out_dir, formats=FORMATS, image_size=None, stage=None, p
       (QuantizationError, nothing written) when its top-1 drop, or without labels its
       disagreement with the float model, exceeds `max_int8_drop` points. Those check images
       are also OpenVINO's (without `calibration`, RUNTIME_CHECK_EXAMPLES random images).
+    allow_running: export a run directory (or a file in one) that a training process is still
+      writing, from its newest checkpoint; refused without (dir_lock.DirectoryInUseError).
     Raises ExportError for bad input, VerificationError when an artifact doesn't match; either
-    way nothing is left at out_dir.
+    way nothing is left at out_dir. One export at a time writes out_dir: a second one is
+    refused (DirectoryInUseError) while the first holds `.NAME.lock` beside it.
     """
     options = ExportOptions(
         formats=formats, image_size=image_size, stage=stage, provenance=provenance,
@@ -79,13 +83,17 @@ def export_model(model, out_dir, formats=FORMATS, image_size=None, stage=None, p
     # Exports are float32 whatever precision the model was trained in (a bfloat16 run's
     # variables are float32 already; only its layers compute in bfloat16), and verified against
     # float32 Keras models: everything below is built under a float32 policy.
-    with precision_lib.float32_policy():
-        return _export(model, out_dir, options)
-
-
-def _export(model, out_dir, options: ExportOptions) -> dict:
     started = time.monotonic()
     out = output_dir.check_out_dir(out_dir, options.overwrite, _existing_path(model))
+    refuse_if_being_written(_existing_path(model), allow_running)
+    # Held from here to the rename into place: a second export to the same out_dir is refused
+    # before it loads anything, and could not replace the directory this one is placing.
+    with DirectoryLock(out, beside=True, option="another --out"), \
+            precision_lib.float32_policy():
+        return _export(model, out, options, started)
+
+
+def _export(model, out, options: ExportOptions, started) -> dict:
     keras_model, source = resolve_model(model, options.stage, options.image_size)
     config = keras_model.simclr_config
     # An any-size model is exported at the size its stem was made for.
