@@ -129,6 +129,11 @@ class PretrainConfig(RunConfig):
     knn_k: int = 200
     knn_temperature: float = 0.1
     knn_bank_size: int = 5000  # training examples in the kNN memory bank (0 = all)
+    # > 0: gradient caching (recipes/gradient_cache.py): the step embeds, then trains, the
+    # per-replica batch in micro-batches of this many pairs, with the whole batch's loss and
+    # gradient and one micro-batch's activation memory; batch norm normalises each micro-batch
+    # by its own statistics. 0: the whole batch at once.
+    micro_batch_size: int = 0
 
     def validate(self):
         super().validate()
@@ -140,6 +145,14 @@ class PretrainConfig(RunConfig):
         if not 0 <= self.ft_proj_selector <= self.num_proj_layers:
             raise ConfigError(f"ft_proj_selector must be in 0..num_proj_layers="
                               f"{self.num_proj_layers}, got {self.ft_proj_selector}")
+        if self.micro_batch_size < 0:
+            raise ConfigError(f"micro_batch_size must be >= 0 (0: off), got "
+                              f"{self.micro_batch_size}")
+        if self.micro_batch_size and self.global_batch_size % self.micro_batch_size:
+            raise ConfigError(f"micro_batch_size={self.micro_batch_size} must divide "
+                              f"global_batch_size={self.global_batch_size} (0: off); use one of "
+                              f"its divisors, e.g. "
+                              f"{_largest_divisor(self.global_batch_size, self.micro_batch_size)}")
 
 
 @dataclasses.dataclass
@@ -237,6 +250,11 @@ class PixelsConfig(RunConfig):
 # another idea).
 STAGE_CONFIGS = {"pretrain": PretrainConfig, "finetune": FinetuneConfig,
                  "lineareval": LinearEvalConfig, "distill": DistillConfig, "pixels": PixelsConfig}
+
+
+def _largest_divisor(number, at_most):
+    """The largest divisor of `number` no larger than `at_most`."""
+    return max(d for d in range(1, min(number, at_most) + 1) if number % d == 0)
 
 
 def _check_label_fraction(config):

@@ -7,8 +7,8 @@ import time
 
 import tensorflow as tf
 
-from simclrv2.recipes import (data_io, engine, evaluation, networks, objectives, optim,
-                              run_lifecycle, weight_updates)
+from simclrv2.recipes import (data_io, engine, evaluation, gradient_cache, networks, objectives,
+                              optim, run_lifecycle, weight_updates)
 
 
 def _blur_in_train_step(config) -> bool:
@@ -17,9 +17,22 @@ def _blur_in_train_step(config) -> bool:
     return bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
 
 
+def _metrics(con_loss, logits_ab, con_labels, encoder_loss, head_loss, sup_loss=None,
+             logits_sup=None, sup_labels=None):
+    acc, entropy = objectives.contrastive_metrics(logits_ab, con_labels)
+    metrics = {"loss": encoder_loss + head_loss, "contrastive_loss": con_loss,
+               "contrast_acc": acc, "contrast_entropy": entropy}
+    if sup_loss is not None:
+        metrics["sup_loss"] = sup_loss
+        metrics["sup_acc"] = objectives.top1_accuracy(logits_sup, sup_labels)
+    return metrics
+
+
 def pretrain(config) -> dict:
     started = time.time()
     strategy, model_dir = run_lifecycle.start(config)
+    gradient_cache.check_size(config.micro_batch_size, config.global_batch_size,
+                              strategy.num_replicas_in_sync)
     chief = engine.is_chief(strategy)
     labeled = data_io.training_source(config, labeled=True)
     num_classes = config.num_classes or labeled.num_classes
@@ -40,39 +53,70 @@ def pretrain(config) -> dict:
     linear = config.lineareval_while_pretraining
     defer_blur = _blur_in_train_step(config)
 
-    def replica_step(batch):
+    def views(batch):
         if defer_blur:
             (view1, view2), labels, (sigma1, sigma2) = batch
-            view1 = data_io.apply_deferred_blur(view1, sigma1)
-            view2 = data_io.apply_deferred_blur(view2, sigma2)
-        else:
-            (view1, view2), labels = batch
+            return (data_io.apply_deferred_blur(view1, sigma1),
+                    data_io.apply_deferred_blur(view2, sigma2), labels)
+        (view1, view2), labels = batch
+        return view1, view2, labels
+
+    def contrastive(hidden):
+        return objectives.nt_xent_loss(hidden, config.temperature, config.hidden_norm)
+
+    def encoder_penalty():
+        return optim.l2_regularization(config.optimizer, config.weight_decay, encoder_vars)
+
+    def head_penalty():
+        return optim.l2_regularization(config.optimizer, config.weight_decay, head_vars)
+
+    def supervised(logits, labels):
+        return objectives.supervised_loss(labels, logits, num_classes)
+
+    def scale(loss):
+        return weight_updates.scaled(optimizer, loss, replicas)
+
+    def whole_batch_step(view1, view2, labels):
         with tf.GradientTape(persistent=True) as tape:
             out = model(tf.concat([view1, view2], 0), training=True)
-            con_loss, logits_ab, con_labels = objectives.nt_xent_loss(
-                out["proj_head_output"], config.temperature, config.hidden_norm)
-            encoder_loss = con_loss + optim.l2_regularization(
-                config.optimizer, config.weight_decay, encoder_vars)
+            con_loss, logits_ab, con_labels = contrastive(out["proj_head_output"])
+            encoder_loss = con_loss + encoder_penalty()
             head_loss = tf.constant(0.0)
             if linear:
                 both = tf.concat([labels, labels], 0)
-                sup_loss = objectives.supervised_loss(both, out["logits_sup"], num_classes)
-                head_loss = sup_loss + optim.l2_regularization(
-                    config.optimizer, config.weight_decay, head_vars)
-            groups = [(weight_updates.scaled(optimizer, encoder_loss, replicas), encoder_vars)]
+                sup_loss = supervised(out["logits_sup"], both)
+                head_loss = sup_loss + head_penalty()
+            groups = [(scale(encoder_loss), encoder_vars)]
             if linear:
-                groups.append((weight_updates.scaled(optimizer, head_loss, replicas), head_vars))
+                groups.append((scale(head_loss), head_vars))
         # The linear head learns from the features without moving them: its loss only reaches
         # its own variables, which is upstream's stop_gradient on the head's input.
         weight_updates.apply(tape, optimizer, groups)
         del tape
-        acc, entropy = objectives.contrastive_metrics(logits_ab, con_labels)
-        metrics = {"loss": encoder_loss + head_loss, "contrastive_loss": con_loss,
-                   "contrast_acc": acc, "contrast_entropy": entropy}
-        if linear:
-            metrics["sup_loss"] = sup_loss
-            metrics["sup_acc"] = objectives.top1_accuracy(out["logits_sup"], both)
-        return metrics
+        if not linear:
+            return _metrics(con_loss, logits_ab, con_labels, encoder_loss, head_loss)
+        return _metrics(con_loss, logits_ab, con_labels, encoder_loss, head_loss, sup_loss,
+                        out["logits_sup"], both)
+
+    def micro_batch_step(view1, view2, labels):
+        grads, out = gradient_cache.gradients(
+            model, gradient_cache.micro_batches(view1, view2, labels, config.micro_batch_size),
+            contrastive=contrastive, scale=scale, encoder_vars=encoder_vars,
+            encoder_penalty=encoder_penalty, supervised=supervised if linear else None,
+            head_vars=head_vars, head_penalty=head_penalty)
+        optimizer.apply_gradients(grads)
+        encoder_loss = out.contrastive_loss + out.encoder_penalty
+        if not linear:
+            return _metrics(out.contrastive_loss, out.logits_ab, out.contrastive_labels,
+                            encoder_loss, tf.constant(0.0))
+        return _metrics(out.contrastive_loss, out.logits_ab, out.contrastive_labels,
+                        encoder_loss, out.supervised_loss + out.head_penalty,
+                        out.supervised_loss, out.logits_sup, out.sup_labels)
+
+    def replica_step(batch):
+        if config.micro_batch_size:
+            return micro_batch_step(*views(batch))
+        return whole_batch_step(*views(batch))
 
     def dataset_fn(start_batch):
         return data_io.pretrain_dataset(train, config.global_batch_size, config.image_size,
