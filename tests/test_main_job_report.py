@@ -53,3 +53,8 @@ def test_stage_time_splits_into_steps_and_fixed_costs(tmp_path):
     assert split["pretrain"] == {"wall_s": 50.0, "steps_s": 20.0, "fixed_s": 30.0}
     assert split["pixels"] == {"wall_s": 30.0, "steps_s": 0.0, "fixed_s": 30.0}
     assert split["total"] == {"wall_s": 85.0, "steps_s": 20.0, "fixed_s": 65.0}
+    # Rounded parts still add up, stage by stage and in total.
+    walls = {"pixels": 30.04, "pretrain": 50.06, "export": 5.04}
+    split = time_split({"stage_wall_s": walls}, stages)
+    for part in split.values():
+        assert part["wall_s"] == pytest.approx(part["steps_s"] + part["fixed_s"], abs=1e-9)

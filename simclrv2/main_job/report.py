@@ -127,6 +127,13 @@ def print_aims(judged):
         print(f"{status} {aim['aim']}: {figures}{margin}")
 
 
+def _parts(wall_s, steps_s):
+    """A stage's time to a tenth of a second, its fixed part what is left of the rounded wall
+    time after the rounded steps: the parts add up to the whole, in each stage and in total."""
+    wall, steps = round(wall_s, 1), round(steps_s, 1)
+    return {"wall_s": wall, "steps_s": steps, "fixed_s": round(wall - steps, 1)}
+
+
 def time_split(job, stages):
     """Each stage's wall time split into training steps (its steps times the median step after
     tracing, from metrics.jsonl) and fixed costs (the rest: building, tracing, evaluating, reading
@@ -144,10 +151,9 @@ def time_split(job, stages):
             per_step = budget.step_seconds(metrics)
             if per_step > 0:
                 steps_s = min(wall, per_step * values.get("train_steps", 0))
-        split[name] = {"wall_s": wall, "steps_s": round(steps_s, 1),
-                       "fixed_s": round(wall - steps_s, 1)}
+        split[name] = _parts(wall, steps_s)
     if "export" in walls:
-        split["export"] = {"wall_s": walls["export"], "steps_s": 0.0, "fixed_s": walls["export"]}
+        split["export"] = _parts(walls["export"], 0.0)
     totals = {key: round(sum(part[key] for part in split.values()), 1)
               for key in ("wall_s", "steps_s", "fixed_s")}
     split["total"] = totals
