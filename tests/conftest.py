@@ -1,4 +1,5 @@
-"""Shared test set-up: quiet TensorFlow, threads sized for 2 cores, and the `slow` marker."""
+"""Shared test set-up: quiet TensorFlow, threads sized for 2 cores, the `slow` marker, and what
+the resume tests compare (a run's latest checkpoint, value by value)."""
 
 import os
 import pathlib
@@ -48,3 +49,14 @@ def _keras_default_dtype_policy():
     keras.config.set_dtype_policy("float32")
     yield
     keras.config.set_dtype_policy("float32")
+
+
+def checkpoint_values(model_dir):
+    """(path, {variable name: value}) of the latest checkpoint in model_dir/checkpoints, without
+    the save counter and the object graph: what two runs that should agree are compared by."""
+    import tensorflow as tf
+
+    path = tf.train.latest_checkpoint(str(pathlib.Path(model_dir) / "checkpoints"))
+    reader = tf.train.load_checkpoint(path)
+    return path, {name: reader.get_tensor(name) for name, _ in tf.train.list_variables(path)
+                  if "save_counter" not in name and not name.startswith("_CHECKPOINTABLE")}

@@ -19,6 +19,8 @@ from simclrv2 import cli, errors
 from simclrv2.recipes import config as C
 from simclrv2.recipes import fused_batch_norm, gradient_cache, objectives, optim
 
+from conftest import checkpoint_values
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEMPERATURE = 0.2
 DECAY = 1e-3
@@ -177,13 +179,6 @@ def test_without_batch_norm_equals_the_whole_batch_gradient():
         _assert_same_gradients(actual, expected)
 
 
-def _checkpoint(model_dir):
-    path = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
-    reader = tf.train.load_checkpoint(path)
-    return path, {name: reader.get_tensor(name) for name, _ in tf.train.list_variables(path)
-                  if "save_counter" not in name and not name.startswith("_CHECKPOINTABLE")}
-
-
 def test_paused_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
     from simclrv2.recipes import stages
 
@@ -196,8 +191,8 @@ def test_paused_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
     resumed = stages.pretrain(C.from_dict("pretrain", dict(values,
                                                            model_dir=str(tmp_path / "paused"))))
     assert straight["status"] == resumed["status"] == "done"
-    path_a, a = _checkpoint(tmp_path / "straight")
-    path_b, b = _checkpoint(tmp_path / "paused")
+    path_a, a = checkpoint_values(tmp_path / "straight")
+    path_b, b = checkpoint_values(tmp_path / "paused")
     assert path_a.endswith("ckpt-4") and path_b.endswith("ckpt-4")
     assert sorted(a) == sorted(b) and any("moving_mean" in name for name in a)
     for name in a:

@@ -12,6 +12,8 @@ import pytest
 
 from simclrv2.recipes import config as C
 
+from conftest import checkpoint_values
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TINY = dict(dataset="synthetic", image_size=8, model="r18_0.25x_sk0", global_batch_size=8,
@@ -46,14 +48,6 @@ def _start(values):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _checkpoint_values(model_dir):
-    import tensorflow as tf
-    path = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
-    reader = tf.train.load_checkpoint(path)
-    return path, {name: reader.get_tensor(name) for name, _ in tf.train.list_variables(path)
-                  if "save_counter" not in name and not name.startswith("_CHECKPOINTABLE")}
-
-
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     steps = dict(TINY, train_steps=8, checkpoint_steps=2, keep_checkpoints=10)
     straight = _start(dict(steps, model_dir=str(tmp_path / "straight")))
@@ -68,8 +62,8 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     for proc in (straight, resumed):
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-4000:]
-    path_a, a = _checkpoint_values(tmp_path / "straight")
-    path_b, b = _checkpoint_values(tmp_path / "killed")
+    path_a, a = checkpoint_values(tmp_path / "straight")
+    path_b, b = checkpoint_values(tmp_path / "killed")
     assert path_a.endswith("ckpt-8") and path_b.endswith("ckpt-8")
     assert sorted(a) == sorted(b)
     assert any("iter" in name for name in a)  # optimizer step saved, hence the schedule position
