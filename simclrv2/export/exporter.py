@@ -100,10 +100,8 @@ def _export(model, out, options: ExportOptions, started) -> dict:
     image_size = int(options.image_size or config.input_shape[0] or
                      (32 if config.cifar_stem else 224))
     keras_model = _at_size(keras_model, image_size)
-    if {"onnx", "openvino"} & set(options.formats):
-        onnx.check_fits(keras_model)
     if "tflite" in options.formats:
-        tflite.check_fits(keras_model)
+        tflite.check_fits(config)
     check_images = _check_images(options, keras_model, image_size)
     graph = ExportGraph(keras_model, image_size, options.temperature)
     report = _report(keras_model, image_size, options, source, graph)
@@ -208,6 +206,7 @@ def _write_onnx_and_openvino(graph, tmp, formats, report):
         _write_onnx(graph, source, report)
         report["openvino"] = openvino.write_openvino(source, tmp / openvino.DIRECTORY)
         source.unlink()
+        source.with_name(onnx.EXTERNAL_DATA_FILE).unlink(missing_ok=True)
         return
     if "onnx" in formats:
         report["onnx"] = _write_onnx(graph, tmp / onnx.FILE, report)
@@ -289,6 +288,8 @@ def _write_onnx(graph, path, report):
             "input_range": "[0, 1]", "input_layout": "NHWC float32 RGB",
             "preprocessing": report["preprocessing"]["eval"],
             "simclrv2_version": simclrv2.__version__}
-    names = onnx.write_onnx(graph, path, meta)
+    layout = onnx.layout(config)
+    names = onnx.write_onnx(graph, path, meta, large=layout == "external data")
     return {"file": onnx.FILE, "opset": onnx.ONNX_OPSET, "input": "images", "outputs": names,
-            "metadata_props": meta}
+            "metadata_props": meta, "layout": layout,
+            "external_data": onnx.EXTERNAL_DATA_FILE if layout == "external data" else None}

@@ -175,6 +175,24 @@ def _logits(onnx_path, images):
                            for i in range(0, len(images), BATCH)])
 
 
+def _into_one_file(path):
+    """Rewrites the ONNX model at `path`, written with external data, as one file; returns its
+    layout ("single file"), or leaves it as it is ("external data") when it cannot fit one."""
+    import onnx
+
+    from simclrv2.export.onnx import ONNX_MAX_BYTES
+
+    model = onnx.load(str(path))  # reads the external data into the proto
+    if model.ByteSize() > ONNX_MAX_BYTES:
+        raise QuantizationError(f"the int8 model of {path.name} is {model.ByteSize() / 1e9:.1f} "
+                                f"GB, over what one ONNX file holds; leave --quantize out")
+    tmp = path.with_name(path.name + ".one")
+    onnx.save(model, str(tmp))
+    del model
+    os.replace(tmp, path)
+    return "single file"
+
+
 def quantize_int8(float_onnx, out_path, images: CalibrationSet,
                   max_drop_points: float = MAX_INT8_DROP) -> dict:
     """Writes the int8 model to `out_path` and returns its check; raises QuantizationError (and
@@ -184,20 +202,36 @@ def quantize_int8(float_onnx, out_path, images: CalibrationSet,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    from simclrv2.export.onnx import EXTERNAL_DATA_FILE
+
     out_path = pathlib.Path(out_path)
     prepared = out_path.with_name(out_path.name + ".prepared")
+    # A float model over 2 GB (its weights in model.onnx.data) is prepared and quantized with
+    # external data too; its int8 weights, a quarter of the float ones, then fit one file again.
+    large = pathlib.Path(float_onnx).with_name(EXTERNAL_DATA_FILE).exists()
+    side_files = [prepared.with_name(prepared.name + ".data"),
+                  out_path.with_name(out_path.name + ".data")]
     try:
         # Shape inference and graph optimisation first, as onnxruntime recommends: quantization
         # needs the shapes, and BN is folded into the convolutions before it is quantized.
         # ONNX's own shape inference covers these graphs (fixed sides, a free batch); the
         # symbolic pass would need sympy.
-        quant_pre_process(str(float_onnx), str(prepared), skip_symbolic_shape=True)
+        quant_pre_process(str(float_onnx), str(prepared), skip_symbolic_shape=True,
+                          save_as_external_data=large, all_tensors_to_one_file=large,
+                          external_data_location=side_files[0].name if large else None)
         quantize_static(str(prepared), str(out_path), _Reader(images.calibration),
                         quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
+                        calibrate_method=CalibrationMethod.MinMax,
+                        use_external_data_format=large)
+        layout = _into_one_file(out_path) if large else "single file"
+    except BaseException:
+        out_path.unlink(missing_ok=True)
+        raise
     finally:
         prepared.unlink(missing_ok=True)
+        for path in side_files:
+            path.unlink(missing_ok=True)
     try:
         check = check_int8(_logits(float_onnx, images.check), _logits(out_path, images.check),
                            images.check_labels, max_drop_points, "int8 model")
@@ -207,6 +241,7 @@ def quantize_int8(float_onnx, out_path, images: CalibrationSet,
     from simclrv2.precision import cpu_flags
 
     fast = [flag for flag in INT8_DOT_PRODUCT_FLAGS if flag in cpu_flags()]
-    return {"file": out_path.name, "quant_format": "QDQ", "weights": "int8 per channel",
+    return {"file": out_path.name, "layout": layout, "quant_format": "QDQ",
+            "weights": "int8 per channel",
             "exporting_cpu_int8_dot_product": fast,
             "activations": "uint8 per tensor", "calibration_method": "MinMax", **check}

@@ -98,6 +98,10 @@ def model_card(report, sizes=None):
         outs = ", ".join(f"`{o}`" for o in report["onnx"]["outputs"])
         lines.append(f"| `model.onnx` | {size('model.onnx')} | ONNX opset "
                      f"{report['onnx']['opset']}, input `images`, outputs {outs} |")
+        data = report["onnx"].get("external_data")
+        if data:
+            lines.append(f"| `{data}` | {size(data)} | model.onnx's weights (ONNX external "
+                         "data, read from beside model.onnx: keep the two together) |")
     if report.get("int8"):
         q = report["int8"]
         lines.append(f"| `{q['file']}` | {size(q['file'])} | the ONNX model quantized to int8 "

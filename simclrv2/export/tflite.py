@@ -19,11 +19,14 @@ BATCH = 50
 FLATBUFFER_MAX_BYTES = 2 * 1024 ** 3  # a .tflite file is one flatbuffer, 32-bit offsets
 
 
-def check_fits(model):
-    """Refuses a model whose float32 weights exceed what one .tflite flatbuffer can hold."""
-    weight_bytes = sum(int(np.prod(v.shape)) * 4 for v in model.weights)
+def check_fits(config):
+    """Refuses an architecture (a ModelConfig) whose float32 weights exceed what one .tflite
+    flatbuffer can hold, from its weight count alone (nothing needs to be loaded)."""
+    from simclrv2.zoo.param_count import weight_bytes as count_weight_bytes
+
+    weight_bytes = count_weight_bytes(config)
     if weight_bytes >= FLATBUFFER_MAX_BYTES:
-        raise ExportError(f"{model.simclr_config.name} has {weight_bytes / 1e9:.1f} GB of "
+        raise ExportError(f"{config.name} has {weight_bytes / 1e9:.1f} GB of "
                           "weights, over the 2 GB a .tflite file can hold; leave tflite out "
                           "of --formats")
 

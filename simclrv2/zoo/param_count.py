@@ -1,7 +1,9 @@
 """Trainable-parameter counts computed from layer shapes, without allocating a single weight.
 
 The 795M-parameter r152_3x_sk1 can then be checked against the paper in CI; a test proves these
-formulas equal the built model's count on the smaller configurations.
+formulas equal the built model's count on the smaller configurations. `weight_bytes` adds the
+batch-norm moving statistics: what a model's float32 weights occupy, known before any is loaded
+(what the exporter decides a file layout from, and the memory figures in docs/ are ratios of).
 """
 
 from simclrv2.zoo.config import ModelConfig, resolve_config, scaled_channels
@@ -15,7 +17,11 @@ def _bn(channels, center=True):
     return channels * (2 if center else 1)
 
 
-def _stem(config: ModelConfig):
+def _bn_with_statistics(channels, center=True):
+    return _bn(channels, center) + 2 * channels  # moving mean and variance
+
+
+def _stem(config: ModelConfig, _bn=_bn):
     filters = scaled_channels(64, config.width)
     if config.cifar_stem:
         return _conv(3, 3, filters) + _bn(filters), filters
@@ -26,7 +32,7 @@ def _stem(config: ModelConfig):
     return _conv(7, 3, filters) + _bn(filters), filters
 
 
-def _block(config: ModelConfig, c_in, filters, projection):
+def _block(config: ModelConfig, c_in, filters, projection, _bn=_bn):
     if config.block_kind == "basic":
         c_out = filters
         count = _conv(3, c_in, filters) + _bn(filters) + _conv(3, filters, filters) + _bn(filters)
@@ -47,11 +53,19 @@ def _block(config: ModelConfig, c_in, filters, projection):
 
 def count_parameters(name_or_config, **options) -> dict:
     """Trainable parameters: {'backbone', 'projection_head', 'supervised_head', 'total'}."""
-    config = resolve_config(name_or_config, **options)
-    backbone, channels = _stem(config)
+    return _count(resolve_config(name_or_config, **options), _bn)
+
+
+def weight_bytes(name_or_config, **options) -> int:
+    """Bytes of the model's float32 weights, batch-norm moving statistics included."""
+    return 4 * _count(resolve_config(name_or_config, **options), _bn_with_statistics)["total"]
+
+
+def _count(config, _bn):
+    backbone, channels = _stem(config, _bn)
     for filters, num_blocks in zip(config.group_filters, config.blocks_per_group):
         for index in range(num_blocks):
-            count, channels = _block(config, channels, filters, projection=index == 0)
+            count, channels = _block(config, channels, filters, projection=index == 0, _bn=_bn)
             backbone += count
     projection = 0
     hidden_widths = [channels]

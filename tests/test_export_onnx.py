@@ -1,0 +1,105 @@
+"""simclrv2.export.onnx's large-model layout, forced on a small model by lowering the threshold:
+model.onnx with its weights in one model.onnx.data beside it, named in the model card and
+SHA256SUMS, loaded by onnxruntime from a moved copy of the directory and equal to Keras; the
+layout decided from the architecture's weight count; int8 from such a model in one file."""
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import tensorflow as tf
+
+tf.config.threading.set_intra_op_parallelism_threads(2)
+tf.config.threading.set_inter_op_parallelism_threads(1)
+
+import simclrv2.zoo as zoo  # noqa: E402
+from simclrv2.zoo.config import resolve_config  # noqa: E402
+from simclrv2.export import ExportError, export_model  # noqa: E402
+from simclrv2.export import onnx as onnx_export  # noqa: E402
+from simclrv2.zoo.param_count import weight_bytes  # noqa: E402
+
+SIDE = 16
+MATCH = 1e-5
+
+
+@pytest.fixture(scope="module")
+def model():
+    return zoo.build("r18_0.25x_sk0", num_classes=10, input_shape=(SIDE, SIDE, 3))
+
+
+@pytest.fixture
+def external(monkeypatch):
+    """Every model over 1 kB of weights is written with external data."""
+    monkeypatch.setenv(onnx_export.EXTERNAL_DATA_ENV, "1000")
+
+
+def _images(n, seed):
+    return np.random.default_rng(seed).uniform(0, 1, (n, SIDE, SIDE, 3)).astype(np.float32)
+
+
+def test_layout_follows_the_weight_count_and_the_override(model, monkeypatch):
+    config = model.simclr_config
+    assert onnx_export.layout(config) == "single file"
+    assert onnx_export.layout(resolve_config("r152_3x_sk1", num_classes=1000)) == \
+        "external data"  # 3.5 GB of float32 weights
+    monkeypatch.setenv(onnx_export.EXTERNAL_DATA_ENV, str(weight_bytes(config)))
+    assert onnx_export.layout(config) == "single file"  # not over it
+    monkeypatch.setenv(onnx_export.EXTERNAL_DATA_ENV, str(weight_bytes(config) - 1))
+    assert onnx_export.layout(config) == "external data"
+    monkeypatch.setenv(onnx_export.EXTERNAL_DATA_ENV, "two gigabytes")
+    with pytest.raises(ExportError, match="SIMCLRV2_ONNX_EXTERNAL_DATA_ABOVE"):
+        onnx_export.layout(config)
+
+
+def test_external_data_export_loads_from_a_moved_directory_and_matches_keras(
+        model, tmp_path, external):
+    out = tmp_path / "exp"
+    report = export_model(model, out, formats="onnx")
+    assert report["onnx"]["layout"] == "external data"
+    assert report["onnx"]["external_data"] == "model.onnx.data"
+    data = out / "model.onnx.data"
+    # The graph alone in model.onnx, the weights beside it.
+    assert (out / "model.onnx").stat().st_size < 100_000 < data.stat().st_size
+    assert data.stat().st_size >= weight_bytes(model.simclr_config) * 0.9
+    assert "model.onnx.data" in (out / "SHA256SUMS").read_text()
+    assert "`model.onnx.data`" in (out / "README.md").read_text()
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["onnx"]["layout"] == "external data"
+    locations = {e.value for t in onnx.load(str(out / "model.onnx"), load_external_data=False)
+                 .graph.initializer for e in t.external_data if e.key == "location"}
+    assert locations == {"model.onnx.data"}  # relative: the directory can move
+
+    moved = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(out, moved)
+    shutil.rmtree(out)
+    images = _images(3, seed=5)
+    session = ort.InferenceSession(str(moved / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    got = dict(zip(names, session.run(None, {"images": images})))
+    ref = {k: np.asarray(v) for k, v in model(images, training=False).items()}
+    for ours, theirs in (("logits", "logits_sup"), ("final_avg_pool", "final_avg_pool"),
+                         ("proj_head_output", "proj_head_output")):
+        scale = max(float(np.max(np.abs(ref[theirs]))), 1e-12)
+        assert np.max(np.abs(got[ours] - ref[theirs])) / scale <= MATCH, ours
+
+
+def test_int8_of_an_external_data_model_is_one_file(model, tmp_path, external):
+    images = _images(200, seed=1)
+    labels = np.argmax(np.asarray(model(images, training=False)["logits_sup"]), axis=1)
+    out = tmp_path / "exp"
+    report = export_model(model, out, formats="onnx", quantize="int8",
+                          calibration=(images, labels), calibration_examples=100,
+                          check_examples=100, max_int8_drop=100.0)
+    assert report["onnx"]["layout"] == "external data"
+    assert report["int8"]["layout"] == "single file"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md", "SHA256SUMS", "config.json", "model.int8.onnx", "model.onnx",
+        "model.onnx.data"]
+    int8 = onnx.load(str(out / "model.int8.onnx"), load_external_data=False)
+    assert not any(t.external_data for t in int8.graph.initializer)
+    logits = ort.InferenceSession(str(out / "model.int8.onnx")).run(
+        ["logits"], {"images": images[150:]})[0]
+    assert logits.shape == (50, 10) and np.all(np.isfinite(logits))
