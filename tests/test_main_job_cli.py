@@ -70,7 +70,12 @@ def test_quick_run_outputs_and_resume(tmp_path):
     assert "s per pretraining step; the whole job comes to about" in first.stdout
     split = results["stage_time_split"]
     assert set(split) == set(STAGES) | {"export", "total"}
-    assert split["pretrain"]["steps_s"] > 0 and split["pixels"]["steps_s"] == 0
+    # Steps and the pixel baseline's L-BFGS iterations are training; evaluation is fixed.
+    assert split["pretrain"]["steps_s"] > 0 and split["pixels"]["steps_s"] > 0
+    assert split["lineareval_10pct"]["fixed_parts_s"]["evaluation"] > 0
+    assert split["export"]["fixed_s"] == split["export"]["wall_s"]
+    assert set(split["total"]["fixed_parts_s"]) == {"setup", "trace", "evaluation",
+                                                    "checkpoints", "save"}
     assert split["total"]["wall_s"] == pytest.approx(
         split["total"]["steps_s"] + split["total"]["fixed_s"], abs=0.2)
     assert (results["options"]["steps"], results["options"]["seed"],

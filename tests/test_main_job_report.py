@@ -58,3 +58,26 @@ def test_stage_time_splits_into_steps_and_fixed_costs(tmp_path):
     split = time_split({"stage_wall_s": walls}, stages)
     for part in split.values():
         assert part["wall_s"] == pytest.approx(part["steps_s"] + part["fixed_s"], abs=1e-9)
+
+
+def test_stage_time_split_reads_the_clock_each_run_recorded(tmp_path):
+    """A stage that recorded its clock: steps and L-BFGS iterations are training, the other
+    parts fixed costs, and the job's time around the stage's call joins its setup."""
+    from simclrv2.main_job.report import time_split
+
+    clocks = {"pretrain": {"wall_s": 49.0, "setup": 4.0, "trace": 3.0, "steps": 30.0, "fit": 0.0,
+                           "evaluation": 8.0, "checkpoints": 2.0, "save": 2.0},
+              "lineareval": {"wall_s": 20.0, "setup": 1.0, "trace": 0.0, "steps": 0.0,
+                             "fit": 9.0, "evaluation": 10.0, "checkpoints": 0.0, "save": 0.0}}
+    stages = []
+    for name, times in clocks.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "result.json").write_text(json.dumps({"time_s": times}))
+        stages.append((name, name, {"model_dir": str(tmp_path / name), "train_steps": 10}))
+    split = time_split({"stage_wall_s": {"pretrain": 50.0, "lineareval": 20.0}}, stages)
+    assert split["pretrain"]["steps_s"] == 30.0 and split["pretrain"]["fixed_s"] == 20.0
+    assert split["pretrain"]["fixed_parts_s"] == {"setup": 5.0, "trace": 3.0, "evaluation": 8.0,
+                                                  "checkpoints": 2.0, "save": 2.0}
+    assert split["lineareval"]["steps_s"] == 9.0 and split["lineareval"]["fixed_s"] == 11.0
+    assert split["total"]["fixed_parts_s"]["evaluation"] == 18.0
+    assert split["total"]["steps_s"] + split["total"]["fixed_s"] == split["total"]["wall_s"]

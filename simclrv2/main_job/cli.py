@@ -330,10 +330,13 @@ def _report(args, run, stages, export_report, started):
                 f"{' (quick)' if args.quick else ''}",
                 ylabel=f"{'validation' if args.validation else 'test'} top-1 (%)")
     fixed = split["total"]["fixed_s"] / max(split["total"]["wall_s"], 1e-9)
+    parts = split["total"].get("fixed_parts_s", {})
+    named = ", ".join(f"{name} {seconds:.0f}s" for name, seconds in
+                      sorted(parts.items(), key=lambda item: -item[1]) if seconds >= 0.5)
     print(f"\nwall time: {results['this_invocation_wall_s']:.0f}s this invocation, "
           f"{results['total_stage_wall_s']:.0f}s of stage time in all "
-          f"({split['total']['steps_s']:.0f}s in training steps, {100 * fixed:.0f}% fixed costs: "
-          f"building, tracing, evaluating, data set-up)")
+          f"({split['total']['steps_s']:.0f}s training, {100 * fixed:.0f}% fixed costs"
+          f"{': ' + named if named else ''})")
     print(f"results:  {run / 'results.json'}\nplot:     {run / 'results.png'}")
     for name, kind, values in stages:
         files = {"pixels": "result.json", "lineareval": "result.json, metrics.jsonl"}.get(

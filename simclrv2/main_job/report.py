@@ -8,6 +8,7 @@ import pathlib
 import platform
 
 from simclrv2 import budget
+from simclrv2.recipes import stage_clock
 from simclrv2.main_job.run_dir import stage_result
 from simclrv2.plotting import label_fraction_axes, save_label_fraction_plot
 
@@ -127,35 +128,64 @@ def print_aims(judged):
         print(f"{status} {aim['aim']}: {figures}{margin}")
 
 
-def _parts(wall_s, steps_s):
+def _parts(wall_s, steps_s, fixed=None):
     """A stage's time to a tenth of a second, its fixed part what is left of the rounded wall
-    time after the rounded steps: the parts add up to the whole, in each stage and in total."""
+    time after the rounded steps: the parts add up to the whole, in each stage and in total.
+    `fixed`, when known: the fixed part's own parts (stage_clock), job overhead in `setup`."""
     wall, steps = round(wall_s, 1), round(steps_s, 1)
-    return {"wall_s": wall, "steps_s": steps, "fixed_s": round(wall - steps, 1)}
+    parts = {"wall_s": wall, "steps_s": steps, "fixed_s": round(wall - steps, 1)}
+    if fixed is not None:
+        parts["fixed_parts_s"] = fixed
+    return parts
+
+
+def _clocked(wall, times):
+    """(training seconds, fixed parts) of a stage from its result.json's clock: the optimiser's
+    steps and iterations are training, the rest fixed; what the job spent around the stage's
+    call (importing, resolving its inputs) joins `setup`."""
+    training = sum(times[part] for part in stage_clock.TRAINING_PARTS)
+    fixed = {part: round(times[part], 1) for part in stage_clock.PARTS
+             if part not in stage_clock.TRAINING_PARTS}
+    fixed["setup"] = round(fixed["setup"] + max(wall - times["wall_s"], 0.0), 1)
+    return min(training, wall), fixed
+
+
+def _median_stepped(wall, kind, values):
+    """Training seconds of a stage whose run recorded no clock (an older run reused): its steps
+    times the median step after tracing, from metrics.jsonl."""
+    metrics = pathlib.Path(values["model_dir"]) / "metrics.jsonl"
+    if kind in ("pixels", "lineareval") or not metrics.is_file():
+        return 0.0
+    per_step = budget.step_seconds(metrics)
+    return min(wall, per_step * values.get("train_steps", 0)) if per_step > 0 else 0.0
 
 
 def time_split(job, stages):
-    """Each stage's wall time split into training steps (its steps times the median step after
-    tracing, from metrics.jsonl) and fixed costs (the rest: building, tracing, evaluating, reading
-    data, saving); stages without training steps (the pixel baseline, linear eval, export) are
-    fixed costs whole."""
+    """Each stage's wall time split into training (the optimiser's steps: the networks' SGD
+    steps, the linear classifiers' L-BFGS iterations) and fixed costs (building, reading data,
+    tracing, evaluating, checkpoints, saving), from the clock each stage run records in its
+    result.json (simclrv2.recipes.stage_clock); the export is a fixed cost whole."""
     walls = job.get("stage_wall_s", {})
     split = {}
     for name, kind, values in stages:
         wall = walls.get(name)
         if wall is None:
             continue
-        steps_s = 0.0
-        metrics = pathlib.Path(values["model_dir"]) / "metrics.jsonl"
-        if kind not in ("pixels", "lineareval") and metrics.is_file():
-            per_step = budget.step_seconds(metrics)
-            if per_step > 0:
-                steps_s = min(wall, per_step * values.get("train_steps", 0))
-        split[name] = _parts(wall, steps_s)
+        times = stage_result(values).get("time_s")
+        if times:
+            split[name] = _parts(wall, *_clocked(wall, times))
+        else:
+            split[name] = _parts(wall, _median_stepped(wall, kind, values))
     if "export" in walls:
         split["export"] = _parts(walls["export"], 0.0)
     totals = {key: round(sum(part[key] for part in split.values()), 1)
               for key in ("wall_s", "steps_s", "fixed_s")}
+    fixed_parts = {}
+    for part in split.values():
+        for key, seconds in part.get("fixed_parts_s", {}).items():
+            fixed_parts[key] = round(fixed_parts.get(key, 0.0) + seconds, 1)
+    if fixed_parts:
+        totals["fixed_parts_s"] = fixed_parts
     split["total"] = totals
     return split
 

@@ -54,9 +54,9 @@ class RunConfig:
     # "auto": mixed_bfloat16 where the CPU computes bfloat16 natively, else float32
     # (simclrv2/precision.py); or float32, mixed_bfloat16, mixed_float16.
     mixed_precision: str = "auto"
-    # Batch norm trains through TensorFlow's fused kernel (simclrv2/recipes/fused_batch_norm.py:
-    # same variables and results in one pass each way; docs/training.md, "Speed", measures it);
-    # false: Keras's own call.
+    # Batch norm runs through TensorFlow's fused kernel, in training and in inference
+    # (simclrv2/recipes/fused_batch_norm.py: same variables and results in one pass each way;
+    # docs/training.md, "Speed", measures it); false: Keras's own call.
     fused_batch_norm: bool = True
     checkpoint_steps: int = 500
     keep_checkpoints: int = 5

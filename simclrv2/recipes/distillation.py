@@ -50,6 +50,7 @@ def distill(config) -> dict:
         # the targets, and bfloat16 would round them to 8 bits of mantissa.
         with precision_lib.float32_policy():
             teacher = load_network(config.teacher, config.image_size)
+        networks.fuse_batch_norm(config, teacher)
         teacher_logits = _teacher_fn(teacher)
         if not num_classes:
             num_classes = head_classes(teacher)  # unlabeled folders have no count

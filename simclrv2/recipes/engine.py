@@ -19,6 +19,7 @@ import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
 from simclrv2 import precision as precision_lib
+from simclrv2.recipes import stage_clock
 from simclrv2.recipes.config import ConfigError
 
 
@@ -330,7 +331,7 @@ def train_loop(*, config, strategy, model_dir, trackables, optimizer, replica_st
     if config.progress_bar and chief:
         from tqdm import tqdm
         bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True)
-    metrics, status = {}, "done"
+    metrics, status, first = {}, "done", True
     last_saved = step if latest else None
     try:
         with _SigtermFlag() as sigterm, _peer_failures(strategy, model_dir):
@@ -338,7 +339,10 @@ def train_loop(*, config, strategy, model_dir, trackables, optimizer, replica_st
                 if config.stop_at_step and step >= config.stop_at_step:
                     status = "paused"
                     break
-                metrics = {k: float(v) for k, v in train_step(iterator).items()}
+                # The first call traces the step function: its own part of the stage's time.
+                with stage_clock.part("trace" if first else "steps"):
+                    metrics = {k: float(v) for k, v in train_step(iterator).items()}
+                first = False
                 step += 1
                 if not math.isfinite(metrics["loss"]):
                     where = tf.train.latest_checkpoint(str(model_dir / "checkpoints")) or \
@@ -356,16 +360,22 @@ def train_loop(*, config, strategy, model_dir, trackables, optimizer, replica_st
                 if step % config.log_steps == 0 or step == total_steps:
                     log.write(step, metrics)
                 if step % config.checkpoint_steps == 0:
-                    manager.save(checkpoint_number=step)
+                    with stage_clock.part("checkpoints"):
+                        manager.save(checkpoint_number=step)
                     last_saved = step
                 if eval_fn is not None and eval_steps and step % eval_steps == 0 \
                         and step < total_steps:
-                    log.write(step, eval_fn(), kind="eval")
+                    with stage_clock.part("evaluation"):
+                        log.write(step, eval_fn(), kind="eval")
                 if sigterm.raised:
                     status = "preempted"
                     break
         if last_saved != step:
-            manager.save(checkpoint_number=step)
+            with stage_clock.part("checkpoints"):
+                manager.save(checkpoint_number=step)
+        # The input pipeline's threads stop with its iterator: let them go before the stage's
+        # final evaluation, which they would otherwise compete with for the cores.
+        del iterator, dist_ds
     finally:
         if bar is not None:
             bar.close()

@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from simclrv2.artifacts import endpoint
-from simclrv2.recipes import data_io, engine, objectives
+from simclrv2.recipes import data_io, engine, objectives, stage_clock
 
 # One traced inference function per (model, endpoint): a new tf.function on every call retraced
 # the model each time (and TF warned about it).
@@ -34,12 +34,13 @@ def predict(model, key, dataset, limit=0):
                                reduce_retracing=True, autograph=False)
     fn = fns[key]
     outs, labels, seen = [], [], 0
-    for images, y in dataset:
-        outs.append(fn(images).numpy())
-        labels.append(np.asarray(y))
-        seen += len(labels[-1])
-        if limit and seen >= limit:
-            break
+    with stage_clock.part("evaluation"):
+        for images, y in dataset:
+            outs.append(fn(images).numpy())
+            labels.append(np.asarray(y))
+            seen += len(labels[-1])
+            if limit and seen >= limit:
+                break
     outs, labels = np.concatenate(outs), np.concatenate(labels)
     return (outs[:limit], labels[:limit]) if limit else (outs, labels)
 
@@ -58,9 +59,10 @@ def eval_batches(config):
 def eval_top1(config, model, model_dir, step, chief):
     """Top-1 of the supervised head on the evaluation split (test or validation), also logged to
     metrics.jsonl under config.top1_key."""
-    test_ds = eval_batches(config)
-    logits, labels = predict(model, "logits_sup", test_ds, config.num_eval_examples)
-    score = top1(logits, labels)
+    with stage_clock.part("evaluation"):
+        test_ds = eval_batches(config)
+        logits, labels = predict(model, "logits_sup", test_ds, config.num_eval_examples)
+        score = top1(logits, labels)
     engine.RunLog(model_dir, chief).write(step, {config.top1_key: score}, "eval")
     return score
 
@@ -76,11 +78,13 @@ def knn_bank(config, labeled):
 def monitor_scores(config, model, bank_ds, test_ds, num_classes, linear):
     """Pretraining's monitors on the evaluation split: kNN top-1 of the pooled features against
     the bank, and the linear head's top-1 when `linear`."""
-    bank, bank_labels = predict(model, "final_avg_pool", bank_ds)
-    query, query_labels = predict(model, "final_avg_pool", test_ds, config.num_eval_examples)
-    scores = {"knn_top1": objectives.knn_top1(query, query_labels, bank, bank_labels, num_classes,
-                                              config.knn_k, config.knn_temperature)}
-    if linear:
-        logits, labels = predict(model, "logits_sup", test_ds, config.num_eval_examples)
-        scores["linear_top1"] = top1(logits, labels)
+    with stage_clock.part("evaluation"):
+        bank, bank_labels = predict(model, "final_avg_pool", bank_ds)
+        query, query_labels = predict(model, "final_avg_pool", test_ds, config.num_eval_examples)
+        scores = {"knn_top1": objectives.knn_top1(query, query_labels, bank, bank_labels,
+                                                  num_classes, config.knn_k,
+                                                  config.knn_temperature)}
+        if linear:
+            logits, labels = predict(model, "logits_sup", test_ds, config.num_eval_examples)
+            scores["linear_top1"] = top1(logits, labels)
     return scores

@@ -11,8 +11,8 @@ import tensorflow as tf
 
 from simclrv2 import baselines
 from simclrv2.artifacts import check_endpoint, load_network
-from simclrv2.recipes import (data_io, engine, evaluation, objectives, optim, run_lifecycle,
-                              weight_updates)
+from simclrv2.recipes import (data_io, engine, evaluation, networks, objectives, optim,
+                              run_lifecycle, stage_clock, weight_updates)
 from simclrv2.recipes.config import ConfigError
 
 
@@ -26,6 +26,7 @@ def linear_eval(config) -> dict:
     model_dir = run_lifecycle.make_model_dir(config)
     network = load_network(config.checkpoint, config.image_size)
     check_endpoint(network, config.feature, f"checkpoint {config.checkpoint}")
+    networks.fuse_batch_norm(config, network)
     train = data_io.training_source(config, labeled=True)
     num_classes = config.num_classes or train.num_classes
     train = data_io.subset(train, config.label_fraction, config.label_seed,
@@ -41,12 +42,13 @@ def linear_eval(config) -> dict:
     mean, std = features.mean(0), features.std(0) + 1e-6
     features, test_features = (features - mean) / std, (test_features - mean) / std
     log = engine.RunLog(model_dir, True)
-    if config.solver == "lbfgs":
-        steps, loss, train_scores, eval_scores = _fit_lbfgs(config, features, labels,
-                                                            test_features, num_classes)
-    else:
-        steps, loss, train_scores, eval_scores = _fit_sgd(config, features, labels,
-                                                          test_features, num_classes, log)
+    with stage_clock.part("fit"):
+        if config.solver == "lbfgs":
+            steps, loss, train_scores, eval_scores = _fit_lbfgs(config, features, labels,
+                                                                test_features, num_classes)
+        else:
+            steps, loss, train_scores, eval_scores = _fit_sgd(config, features, labels,
+                                                              test_features, num_classes, log)
     result = {"status": "done", "steps": steps, "train_metrics": {"loss": loss},
               "train_top1": evaluation.top1(train_scores, labels),
               config.top1_key: evaluation.top1(eval_scores, test_labels),
@@ -121,10 +123,11 @@ def pixels(config) -> dict:
     if config.max_train_examples:
         train = data_io.take(train, np.arange(min(len(train), config.max_train_examples)))
     limit = config.num_eval_examples or len(evaluated)
-    weights = baselines.fit_logistic_regression(
-        baselines.pixels(_images_of(train, config.dataset)), train.labels,
-        config.num_classes or train.num_classes, l2=config.weight_decay,
-        max_iterations=config.max_iterations, seed=config.seed)
+    pixels_of_train = baselines.pixels(_images_of(train, config.dataset))
+    with stage_clock.part("fit"):
+        weights = baselines.fit_logistic_regression(
+            pixels_of_train, train.labels, config.num_classes or train.num_classes,
+            l2=config.weight_decay, max_iterations=config.max_iterations, seed=config.seed)
     scores = baselines.predict(weights,
                                baselines.pixels(_images_of(evaluated, config.dataset)[:limit]))
     result = {"status": "done", "eval_split": config.eval_split, "num_labeled": len(train),

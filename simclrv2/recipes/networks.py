@@ -4,6 +4,7 @@ kernel, synchronised across replicas when the config says so."""
 
 from __future__ import annotations
 
+import keras
 import tensorflow as tf
 
 import simclrv2.zoo as zoo
@@ -89,7 +90,8 @@ def freeze(model, after_block):
 
 
 def fuse_batch_norm(config, model):
-    """Batch norm trains through TensorFlow's fused kernel unless config.fused_batch_norm is
+    """Batch norm runs through TensorFlow's fused kernel unless config.fused_batch_norm is
     false (fused_batch_norm.py says what it computes and where Keras's call stays)."""
-    if config.fused_batch_norm:
+    # An ExportedNetwork (a SavedModel) has its graph fixed: only Keras models are routed.
+    if config.fused_batch_norm and isinstance(model, keras.Model):
         fused_batch_norm.fuse(model)

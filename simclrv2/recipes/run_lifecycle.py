@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from simclrv2.atomic_files import replacing, write_json
 from simclrv2.dir_lock import DirectoryLock
-from simclrv2.recipes import engine, memory_estimate
+from simclrv2.recipes import engine, memory_estimate, stage_clock
 from simclrv2.recipes.config import ConfigError, to_dict
 
 # The directories this process writes, by absolute path, with the lock it holds on each.
@@ -38,7 +38,8 @@ def guarded(stage_function):
         held_before = set(_HELD)
         failed = True
         try:
-            result = stage_function(config)
+            with stage_clock.running():
+                result = stage_function(config)
             failed = False
             return result
         except (tf.errors.ResourceExhaustedError, MemoryError) as error:
@@ -138,9 +139,12 @@ def finish(config, model_dir, stage, result, model, chief, started):
         path = model_dir / "model.keras"
         # Into a temporary sibling, then renamed: a kill mid-save must not leave a broken
         # model.keras, which loaders and `simclrv2 export` would take for the result.
-        with replacing(path) as tmp:
+        with stage_clock.part("save"), replacing(path) as tmp:
             model.save(tmp)
         result["keras_path"] = str(path)
+    clock = stage_clock.current()
+    if clock is not None:
+        result["time_s"] = clock.summary()
     result["checkpoint"] = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
     if chief:
         write_json(model_dir / "result.json", result)
