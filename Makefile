@@ -7,12 +7,16 @@
 VENV    ?= .venv
 PYTHON  := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
+BACKENDS_STAMP := $(VENV)/.installed-backends
+# Extra pip options for PyTorch, e.g. "--index-url https://download.pytorch.org/whl/cpu" where
+# the index would otherwise give the CUDA build (several GB).
+TORCH_PIP_ARGS ?=
 FMNIST  := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 PYTEST_ARGS ?=
 BAZEL   ?= /usr/bin/bazel
 BAZEL_ARGS ?=
 
-.PHONY: setup test test-all run bench clean bazel-test
+.PHONY: setup test test-all test-backends run bench clean bazel-test
 
 setup: $(STAMP) $(FMNIST)
 
@@ -42,6 +46,16 @@ $(BAZEL):
 
 test: setup
 	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
+
+# The zoo on Keras' PyTorch and JAX backends without TensorFlow, the docs' PyTorch and JAX code,
+# the GPU check on CPU: setup.cfg's `backends` extra (PyTorch, ~850 MB) is installed only here.
+$(BACKENDS_STAMP): $(STAMP)
+	$(PYTHON) -m pip install -q $(TORCH_PIP_ARGS) -e ".[backends]"
+	touch $(BACKENDS_STAMP)
+
+# (`make test` runs the JAX tests already; here the ones that need PyTorch.)
+test-backends: setup $(BACKENDS_STAMP)
+	$(PYTHON) -m pytest -q -k torch tests/test_zoo_backends.py $(PYTEST_ARGS)
 
 test-all: setup
 	$(PYTHON) -m pytest -q --runslow $(PYTEST_ARGS)

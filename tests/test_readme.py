@@ -2,7 +2,9 @@
 
 README.md's ```python blocks run in order in one namespace; each docs/*.md page's blocks run in
 order in a namespace of its own. ```python no-run blocks don't run: they download released
-checkpoints, need data that is not here, or would only repeat at length what other tests run. Every page runs in a temporary directory with
+checkpoints, need data that is not here, or would only repeat at length what other tests run.
+```python backend=NAME blocks (docs/pytorch.md, docs/jax.md) run under that Keras backend in
+tests/test_zoo_backends.py, not here. Every page runs in a temporary directory with
 SIMCLRV2_HOME inside it; a page that names `official_saved_model_dir` gets a small random-weight
 SavedModel in the official format under that name.
 """
@@ -31,7 +33,8 @@ def pages():
 def python_blocks(page):
     text = (REPO_ROOT / page).read_text()
     return [(match.group(2), text[:match.start()].count("\n") + 1)
-            for match in FENCE.finditer(text) if "no-run" not in match.group(1)]
+            for match in FENCE.finditer(text)
+            if "no-run" not in match.group(1) and "backend=" not in match.group(1)]
 
 
 def runnable_pages():
