@@ -4,10 +4,13 @@
     model, report = import_saved_model("r50_1x_sk1/saved_model")
     convert_saved_model("r50_1x_sk1/saved_model", "r50_1x_sk1.keras")
 
-Steps: read the variables by structural path (official_format), infer the architecture from
-their shapes, build the zoo model, copy each official variable into the layer its path names,
-then run both the original module and the Keras model on a probe batch and compare every
-endpoint the original returns. Nothing is returned or written unless all of them agree.
+Steps: read the variables' structural paths and shapes (official_format), infer the architecture
+from the shapes, run the original module on a probe batch and release it, build the zoo model,
+copy each official variable into the layer its path names, one read at a time, then run the Keras
+model on the probe batch and compare every endpoint the original returned. Nothing is returned
+or written unless all of them agree. The weights are in memory once at any time (the original
+module's, then the Keras model's), plus one variable; the .keras file is written with its
+weights streamed through disk (zoo.keras_file): docs/pretrained_models.md has the peaks.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import warnings
 
 import numpy as np
 
+from simclrv2 import process_memory
 from simclrv2.atomic_files import replacing, write_text
 from simclrv2.zoo import official_format
 from simclrv2.zoo.config import DEPTHS, WIDTHS, ModelConfig, parse_name
@@ -38,6 +42,12 @@ class ImportMismatchError(ValueError):
 
 
 # --------------------------------------------------------------------------- architecture
+
+def _shape(arrays, path):
+    """The shape of one variable, without reading it when `arrays` can say (Variables)."""
+    shapes = getattr(arrays, "shapes", None)
+    return tuple(shapes[path]) if shapes is not None else tuple(arrays[path].shape)
+
 
 def _groups(arrays):
     """{group index: {block index: 'basic'|'bottleneck'}} from block_groups/<g>/layers/<b>/..."""
@@ -71,10 +81,10 @@ def infer_config(arrays, input_shape=None) -> ModelConfig:
     first = _RESNET + "block_groups/0/layers/0/" + (
         "conv_relu_dropblock_layers/0/conv2d/kernel" if bottleneck else
         "conv2d_bn_layers/0/conv2d/kernel")
-    width = arrays[first].shape[-1] / 64
+    width = _shape(arrays, first)[-1] / 64
     if width not in WIDTHS:
         raise official_format.NotAnOfficialSavedModel(
-            f"{first} has {arrays[first].shape[-1]} channels: width {width:g} is not one of "
+            f"{first} has {_shape(arrays, first)[-1]} channels: width {width:g} is not one of "
             f"{list(WIDTHS)}")
     stem = sorted(int(m[1]) for p in arrays
                   for m in [re.match(_RESNET + r"initial_conv_relu_max_pool/(\d+)/conv2d/kernel$", p)]
@@ -85,22 +95,22 @@ def infer_config(arrays, input_shape=None) -> ModelConfig:
     sk = len(stem) == 3 or any("/conv2d_0/kernel" in p for p in arrays) or any(
         re.search(r"block_groups/0/layers/0/(projection|shortcut)_layers/1/conv2d/kernel$", p)
         for p in arrays)
-    stem_kernel = arrays[f"{_RESNET}initial_conv_relu_max_pool/{stem[0]}/conv2d/kernel"].shape
+    stem_kernel = _shape(arrays, f"{_RESNET}initial_conv_relu_max_pool/{stem[0]}/conv2d/kernel")
     cifar_stem = len(stem) == 1 and stem_kernel[0] == 3
 
     proj_layers = sorted({int(m[1]) for p in arrays
                           for m in [re.match(_PROJ + r"(\d+)/dense/kernel$", p)] if m})
     include_proj = bool(proj_layers)
     num_proj_layers = len(proj_layers) if include_proj else 3
-    proj_out_dim = (arrays[f"{_PROJ}{proj_layers[-1]}/dense/kernel"].shape[-1]
+    proj_out_dim = (_shape(arrays, f"{_PROJ}{proj_layers[-1]}/dense/kernel")[-1]
                     if include_proj else 128)
     num_classes = None
     selector = 0
     if _SUP + "kernel" in arrays:
-        kernel = arrays[_SUP + "kernel"]
-        num_classes = int(kernel.shape[-1])
+        kernel_shape = _shape(arrays, _SUP + "kernel")
+        num_classes = int(kernel_shape[-1])
         feature_dim = int(64 * width * 2 ** 3 * (4 if bottleneck else 1))
-        if include_proj and kernel.shape[0] != feature_dim:
+        if include_proj and kernel_shape[0] != feature_dim:
             selector = num_proj_layers  # only the last projection layer has another width
         elif include_proj:
             selector = 1
@@ -197,7 +207,7 @@ def _check_shapes(arrays, config, shapes):
                 f"first mismatching variable: {official} is missing from the SavedModel "
                 f"(expected shape {expected} for {config.name} {ours}); the SavedModel is "
                 "another architecture: pass architecture=None to infer it")
-        found = tuple(arrays[official].shape)
+        found = _shape(arrays, official)
         if found != expected:
             raise ImportMismatchError(
                 f"first mismatching variable: {official}: expected shape {expected} "
@@ -207,14 +217,15 @@ def _check_shapes(arrays, config, shapes):
     extra = [p for p in arrays if p not in mapped]
     if extra:
         raise ImportMismatchError(
-            f"first mismatching variable: {extra[0]} (shape {tuple(arrays[extra[0]].shape)}) has "
+            f"first mismatching variable: {extra[0]} (shape {_shape(arrays, extra[0])}) has "
             f"no place in {config.name} ({len(extra)} unmapped in all); the SavedModel is "
             "another architecture or has layers the zoo lacks")
     return pairs
 
 
 def assign_weights(model, arrays, config=None):
-    """Copies official arrays into `model`; ImportMismatchError names the first mismatch."""
+    """Copies official arrays into `model`, one at a time (`arrays` may read each on demand:
+    official_format.Variables); ImportMismatchError names the first mismatch."""
     config = config or model.simclr_config
     by_path = {v.path: v for v in model.variables}
     pairs = _check_shapes(arrays, config, {p: tuple(v.shape) for p, v in by_path.items()})
@@ -249,15 +260,24 @@ def probe_batch(input_shape, batch=2, seed=0, default_side=224):
 
 
 def _run_original(saved_model_dir, images):
+    """The original module's endpoints on `images`; the module (a copy of every weight) is
+    released before this returns, so that the Keras model is built in the memory it held."""
     import tensorflow as tf
 
-    module = tf.saved_model.load(os.fspath(saved_model_dir))
+    try:
+        module = tf.saved_model.load(os.fspath(saved_model_dir))
+    except (tf.errors.OpError, IndexError) as e:
+        raise official_format.NotAnOfficialSavedModel(
+            f"can't load {saved_model_dir}: {e}; {official_format._DAMAGED}") from e
     try:
         out = module(tf.constant(images), trainable=False)
+        return {k: np.array(v) for k, v in out.items()}
     except Exception as e:  # signature mismatch: not callable the official way
         raise official_format.NotAnOfficialSavedModel(
             f"{saved_model_dir} can't be called as module(images, trainable=False): {e}") from e
-    return {k: np.asarray(v) for k, v in out.items()}
+    finally:
+        del module
+        process_memory.release()
 
 
 def _projection_hiddens(arrays, features, config):
@@ -342,7 +362,8 @@ def import_saved_model(saved_model_dir, architecture=None, input_shape=None, ver
     """
     import simclrv2.zoo as zoo
 
-    records, arrays = official_format.read_variables(saved_model_dir)
+    arrays = official_format.Variables(saved_model_dir)  # shapes now, each array when copied
+    records = arrays.records
     config = infer_config(arrays, input_shape)
     if architecture is not None:
         wanted = parse_name(architecture)
@@ -359,7 +380,7 @@ def import_saved_model(saved_model_dir, architecture=None, input_shape=None, ver
         config = config.replace(ft_proj_selector=selector)
     model = zoo.build(config)
     assign_weights(model, arrays, config)
-    del arrays  # a second copy of the weights: r152_3x is 3 GB of them
+    del arrays
     report["config"] = config.to_dict()
     if not verify:
         return model, report
@@ -381,8 +402,10 @@ def save_model_atomic(model, out_path):
     out_path = os.fspath(out_path)
     if not out_path.endswith(".keras"):
         raise ValueError(f"out_path must end in .keras, got {out_path!r}")
+    from simclrv2.zoo.keras_file import save_keras_file
+
     with replacing(out_path) as tmp:
-        model.save(tmp)
+        save_keras_file(model, tmp)
 
 
 def provenance_path(out_path):

@@ -10,6 +10,7 @@ SavedObjectGraph, then the path that reaches that node through upstream's own at
 from __future__ import annotations
 
 import collections
+import collections.abc
 import dataclasses
 import os
 import re
@@ -163,22 +164,53 @@ def _key_sort(record):
     return (head, int(idx) if idx.isdigit() else -1, record.key)
 
 
-def read_variables(saved_model_dir):
-    """(records, {structural path: numpy array}) for the SavedModel's variables."""
-    import tensorflow as tf
+class Variables(collections.abc.Mapping):
+    """{structural path: numpy array} of a SavedModel's variables, each read from the checkpoint
+    when it is asked for and not kept: one variable in memory at a time, however big the model.
+    `shapes` gives every variable's shape without reading any."""
 
-    records = sorted(read_variable_records(saved_model_dir), key=_key_sort)
-    _, prefix = _files(saved_model_dir)
-    arrays = {}
-    try:
-        reader = tf.train.load_checkpoint(prefix)
-        for r in records:
-            if r.path in arrays:
+    def __init__(self, saved_model_dir):
+        import tensorflow as tf
+
+        self._dir = saved_model_dir
+        self.records = sorted(read_variable_records(saved_model_dir), key=_key_sort)
+        self._by_path = {}
+        for r in self.records:
+            if r.path in self._by_path:
                 raise NotAnOfficialSavedModel(f"two variables share the structural path {r.path}")
-            arrays[r.path] = np.asarray(reader.get_tensor(r.key + _VALUE_SUFFIX))
-    except (tf.errors.OpError, IndexError) as e:
-        # A truncated variables.data file: TF's reader raises IndexError("Read less bytes
-        # than requested"), or DataLossError.
-        raise NotAnOfficialSavedModel(f"can't read the variables of {saved_model_dir}: {e}; "
-                                      f"{_DAMAGED}") from e
-    return records, arrays
+            self._by_path[r.path] = r
+        self.shapes = {r.path: r.shape for r in self.records}
+        _, prefix = _files(saved_model_dir)
+        try:
+            self._reader = tf.train.load_checkpoint(prefix)
+        except (tf.errors.OpError, IndexError) as e:
+            raise NotAnOfficialSavedModel(f"can't read the variables of {saved_model_dir}: {e}; "
+                                          f"{_DAMAGED}") from e
+
+    def __getitem__(self, path):
+        import tensorflow as tf
+
+        record = self._by_path[path]
+        try:
+            return np.asarray(self._reader.get_tensor(record.key + _VALUE_SUFFIX))
+        except (tf.errors.OpError, IndexError) as e:
+            # A truncated variables.data file: TF's reader raises IndexError("Read less bytes
+            # than requested"), or DataLossError.
+            raise NotAnOfficialSavedModel(f"can't read the variables of {self._dir}: {e}; "
+                                          f"{_DAMAGED}") from e
+
+    def __iter__(self):
+        return iter(self._by_path)
+
+    def __len__(self):
+        return len(self._by_path)
+
+    def __contains__(self, path):
+        return path in self._by_path
+
+
+def read_variables(saved_model_dir):
+    """(records, {structural path: numpy array}) for the SavedModel's variables, all read into
+    memory (the importer reads them one at a time through `Variables` instead)."""
+    variables = Variables(saved_model_dir)
+    return variables.records, {path: variables[path] for path in variables}

@@ -58,7 +58,7 @@ def _architecture(name, stage):
 
 def _cached(keras_path, expect):
     """The cached model if its JSON says it's what `expect` describes, else None."""
-    import keras
+    from simclrv2.zoo.keras_file import load_keras_file
 
     meta_path = importer.provenance_path(keras_path)
     if not (os.path.isfile(keras_path) and os.path.isfile(meta_path)):
@@ -70,7 +70,7 @@ def _cached(keras_path, expect):
         return None
     if any(meta.get(k) != v for k, v in expect.items()):
         return None
-    return keras.saving.load_model(keras_path)
+    return load_keras_file(keras_path)  # its weights through disk, not a copy in memory
 
 
 def converted_path(cache_root, name, stage, input_shape, local_key=None):

@@ -1,0 +1,48 @@
+"""This process's memory: its peak resident size, and handing freed memory back to the system.
+
+The peak is /proc/self/status's VmHWM, the high-water mark of this process since its exec, not
+getrusage's ru_maxrss, which Linux carries over from the parent through fork and exec (a child of
+a big process would read as big). `release` runs the garbage collector (Keras models hold
+reference cycles) and asks glibc to return the free pages of its heaps: TensorFlow frees a
+loaded SavedModel's variables into malloc's arenas, which otherwise keep them, and the next model
+built would add to the peak instead of reusing them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+import re
+
+
+def _status_bytes(field):
+    try:
+        with open("/proc/self/status") as f:
+            text = f.read()
+    except OSError:  # not Linux
+        return None
+    found = re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE)
+    return int(found[1]) * 1024 if found else None
+
+
+def peak_rss_bytes():
+    """This process's peak resident memory since its start (VmHWM), None where unknown."""
+    return _status_bytes("VmHWM")
+
+
+def rss_bytes():
+    """This process's resident memory now (VmRSS), None where unknown."""
+    return _status_bytes("VmRSS")
+
+
+def release():
+    """Collects garbage and returns free heap memory to the system (glibc's malloc_trim)."""
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        if libc is not None and hasattr(libc, "malloc_trim"):
+            libc.malloc_trim(0)
+    except OSError:  # no glibc (musl, macOS): the collector's work is all there is
+        pass
