@@ -103,8 +103,9 @@ def parse_args(argv):
         p.error("--epochs must be > 0")
     args.epochs = epochs
     if args.part in (None, "all"):
-        if not (args.smoke or args.plan or args.report) and args.part is None:
-            p.error(f"--part is needed: one of {', '.join(parts.PARTS)} (or all)")
+        # Without --part (as `make bench` runs it) the script only plans: every part together
+        # is hours, each one up to 90 minutes.
+        args.plan = args.plan or (args.part is None and not (args.smoke or args.report))
         args.parts = list(parts.PARTS)
     else:
         args.parts = args.part.split(",")
@@ -270,6 +271,20 @@ def print_findings(result):
                   f"{'' if c in f['notes'] else (' (holds)' if c['holds'] else ' (does not hold)')}")
 
 
+def longer(args, part, result):
+    """What to try where a finding is not reproduced: the paper's first lever, more
+    pretraining epochs (twice as many), with its estimate against the budget."""
+    if all(f["reproduced"] for f in result["findings"]) or args.smoke:
+        return None
+    epochs = epochs_of(args, part)
+    doubled = tuple(2 * e for e in epochs) if isinstance(epochs, tuple) else (2 * epochs,)
+    minutes, _ = plan(argparse.Namespace(**{**vars(args), "epochs": doubled}), part)
+    fits = "within" if minutes <= args.budget_minutes else "over"
+    return (f"not reproduced: try --part {part} --epochs {','.join(f'{e:g}' for e in doubled)} "
+            f"(estimated {minutes:.0f} min left to run, {fits} the {args.budget_minutes:g}-minute "
+            f"budget; the networks trained so far are reused)")
+
+
 def write_result(result, out_dir, log_path):
     from simclrv2.atomic_files import write_json
 
@@ -304,6 +319,7 @@ def main(argv=None):
         for minutes, text in estimates.values():
             print(text)
         print(f"  assumption: {costs.ASSUMPTIONS}")
+        print("run a part with --part NAME; --report merges the finished parts")
         return 0
     over = [part for part, (m, _) in estimates.items() if m > args.budget_minutes]
     if over and not args.smoke:
@@ -334,6 +350,10 @@ def main(argv=None):
             print(estimates[part][1])
             result = run_part(args, part, mode)
             print_findings(result)
+            hint = longer(args, part, result)
+            if hint:
+                print(hint)
+                result["next"] = hint
             print(f"part {part}: wall time {result['wall_time_s'] / 60:.1f} min")
         tee.log.close()
         path = write_result(result, args.out, log_path)
