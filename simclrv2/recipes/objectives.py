@@ -1,16 +1,17 @@
 """Losses and monitors of the SimCLRv2 stages, accuracy included.
 
 Everything here is plain TensorFlow on tensors, so it can be checked against numpy and runs the
-same in any replica context.
+same in any replica context. NT-Xent's core and the distillation loss are written once in
+keras.ops (simclrv2.recipes.portable_objectives, shared with the JAX and PyTorch backends); this
+module gathers the negatives across tf.distribute replicas around them.
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
 
-# Subtracted from the self-similarity logits so that exp() sends them to 0; a large finite number
-# rather than -inf keeps the softmax free of NaNs under float16/bfloat16 too.
-LARGE_NUM = 1e9
+from simclrv2.recipes import portable_objectives as portable
+from simclrv2.recipes.portable_objectives import LARGE_NUM, nt_xent_gathered  # noqa: F401
 
 
 def _replica_info():
@@ -21,28 +22,6 @@ def _replica_info():
     return ctx.num_replicas_in_sync, ctx.replica_id_in_sync_group
 
 
-def nt_xent_gathered(h1, h2, h1_all, h2_all, replica_id, temperature):
-    """NT-Xent of the local pairs (h1, h2) against the negatives of the whole global batch.
-
-    `h1_all`/`h2_all` are the concatenation over replicas (replica order) of the L2-normalised
-    views; the positives of local row i are at column `replica_id * B + i` of the gathered batch.
-    Returns (mean loss over the local rows, logits_ab, one-hot labels over 2 * global columns).
-    """
-    batch = tf.shape(h1)[0]
-    enlarged = tf.shape(h1_all)[0]
-    idx = tf.range(batch) + tf.cast(replica_id, tf.int32) * batch
-    labels = tf.one_hot(idx, enlarged * 2)
-    # A view must not count its own copy as a negative.
-    masks = tf.one_hot(idx, enlarged)
-    logits_aa = tf.matmul(h1, h1_all, transpose_b=True) / temperature - masks * LARGE_NUM
-    logits_bb = tf.matmul(h2, h2_all, transpose_b=True) / temperature - masks * LARGE_NUM
-    logits_ab = tf.matmul(h1, h2_all, transpose_b=True) / temperature
-    logits_ba = tf.matmul(h2, h1_all, transpose_b=True) / temperature
-    loss_a = tf.nn.softmax_cross_entropy_with_logits(labels, tf.concat([logits_ab, logits_aa], 1))
-    loss_b = tf.nn.softmax_cross_entropy_with_logits(labels, tf.concat([logits_ba, logits_bb], 1))
-    return tf.reduce_mean(loss_a + loss_b), logits_ab, labels
-
-
 def nt_xent_loss(hidden, temperature=0.1, hidden_norm=True):
     """SimCLR's contrastive loss on `hidden` = concat([view1, view2]) of the local batch.
 
@@ -51,11 +30,10 @@ def nt_xent_loss(hidden, temperature=0.1, hidden_norm=True):
     per-replica batch B see the same negatives as one batch of N*B. The returned loss is the mean
     over local rows; summing `loss / N` over replicas gives the global-batch mean.
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    portable.check_temperature(temperature)
     hidden = tf.cast(hidden, tf.float32)  # the softmax over thousands of logits needs float32
     if hidden_norm:
-        hidden = tf.math.l2_normalize(hidden, axis=-1)
+        hidden = portable.l2_normalize(hidden, axis=-1)
     h1, h2 = tf.split(hidden, 2, axis=0)
     num_replicas, replica_id = _replica_info()
     if num_replicas > 1:
@@ -97,17 +75,9 @@ def supervised_loss(labels, logits, num_classes):
 
 
 def distillation_loss(teacher_logits, student_logits, temperature=1.0):
-    """tau^2 * CE(softmax(teacher / tau), softmax(student / tau)), averaged over the batch.
-
-    The tau^2 factor keeps the gradient scale independent of tau (Hinton et al. 2015); the
-    teacher's side carries no gradient.
-    """
-    if temperature <= 0:
-        raise ValueError(f"distillation temperature must be > 0, got {temperature}")
-    teacher = tf.stop_gradient(tf.nn.softmax(tf.cast(teacher_logits, tf.float32) / temperature))
-    ce = tf.nn.softmax_cross_entropy_with_logits(
-        teacher, tf.cast(student_logits, tf.float32) / temperature)
-    return tf.reduce_mean(ce) * temperature ** 2
+    """tau^2 * CE(softmax(teacher / tau), softmax(student / tau)), averaged over the batch; the
+    teacher's side carries no gradient (portable_objectives.distillation_loss)."""
+    return portable.distillation_loss(teacher_logits, student_logits, temperature)
 
 
 def knn_predict(query, bank, bank_labels, num_classes, k=200, temperature=0.1, chunk=1024):
