@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import pathlib
 
-from simclrv2 import artifacts, errors
+from simclrv2 import artifacts, errors, process_memory
 from simclrv2.dir_lock import DirectoryLock
 from simclrv2.zoo import checkpoints as ck
 from simclrv2.zoo import download as dl
@@ -68,6 +68,9 @@ def _check_overwrite(out: pathlib.Path, overwrite: bool) -> None:
 def convert_main(argv=None) -> int:
     parser = _convert_parser()
     args = parser.parse_args(argv)
+    # The SavedModel and the Keras model are held one after the other: what TensorFlow frees
+    # must go back to the system (docs/pretrained_models.md, memory).
+    process_memory.use_releasing_allocator()
     if args.checkpoint is not None and args.stage is None:
         parser.error("--checkpoint needs --stage (e.g. --stage pretrained)")
     if args.saved_model is not None and args.stage is not None:

@@ -1,5 +1,13 @@
 """This process's memory: its peak resident size, and handing freed memory back to the system.
 
+With oneDNN's optimisations on (TensorFlow's default on x86), TensorFlow allocates CPU tensors
+through a pool that keeps what it frees: a loaded SavedModel released, or the temporaries of a
+model's random initialisation, stay resident, and the next model is allocated beside them.
+`use_releasing_allocator` turns those optimisations off for a process that has not imported
+TensorFlow yet (what `simclrv2 convert` and `simclrv2 export` do: they hold whole models one
+after another, where the pool more than doubled their peak); an explicit TF_ENABLE_ONEDNN_OPTS
+is kept.
+
 The peak is /proc/self/status's VmHWM, the high-water mark of this process since its exec, not
 getrusage's ru_maxrss, which Linux carries over from the parent through fork and exec (a child of
 a big process would read as big). `release` runs the garbage collector (Keras models hold
@@ -13,7 +21,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+import os
 import re
+import sys
+
+ONEDNN_SWITCH = "TF_ENABLE_ONEDNN_OPTS"
 
 
 def _status_bytes(field):
@@ -46,3 +58,13 @@ def release():
             libc.malloc_trim(0)
     except OSError:  # no glibc (musl, macOS): the collector's work is all there is
         pass
+
+
+def use_releasing_allocator():
+    """Before TensorFlow is imported: CPU tensors freed go back to the system (see above).
+    Returns whether it took effect (False once TensorFlow is imported, or when the variable is
+    set already)."""
+    if "tensorflow" in sys.modules or ONEDNN_SWITCH in os.environ:
+        return False
+    os.environ[ONEDNN_SWITCH] = "0"
+    return True

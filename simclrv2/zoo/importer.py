@@ -230,7 +230,8 @@ def assign_weights(model, arrays, config=None):
     by_path = {v.path: v for v in model.variables}
     pairs = _check_shapes(arrays, config, {p: tuple(v.shape) for p, v in by_path.items()})
     for official, ours in pairs:
-        by_path[ours].assign(arrays[official].astype(np.float32))
+        # asarray: no copy of what is float32 already (one big kernel is 170 MB in r152_3x).
+        by_path[ours].assign(np.asarray(arrays[official], np.float32))
     return pairs
 
 
