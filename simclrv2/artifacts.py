@@ -98,6 +98,50 @@ def resolve(source, stage: Optional[str] = None, image_size: Optional[int] = Non
     return _registry(text, stage, image_size)
 
 
+def peek_config(source):
+    """The ModelConfig `source` holds, read without loading a weight (a .keras file's
+    config.json, a run's or an export's record, an official SavedModel's variable shapes), or
+    None where that cannot be known cheaply (a registry name, anything unreadable): what a
+    caller decides sizes from before resolve() loads the model."""
+    from simclrv2.zoo.config import ModelConfig
+    from simclrv2.zoo.model import SimCLRv2Model
+
+    if isinstance(source, SimCLRv2Model):
+        return source.simclr_config
+    if not isinstance(source, (str, os.PathLike)):
+        return None
+    path = pathlib.Path(os.path.expanduser(os.fspath(source)))
+    try:
+        if path.is_file() and path.suffix == ".keras":
+            return _keras_file_config(path)
+        if path.is_dir():
+            for keras_path in (path / "model.keras",):
+                if keras_path.is_file():
+                    return _keras_file_config(keras_path)
+            meta = read_json(path / "config.json")
+            if isinstance(meta, dict) and isinstance(meta.get("model_config"), dict):
+                return ModelConfig.from_dict(meta["model_config"])
+            if (path / "saved_model.pb").is_file() and \
+                    saved_model_kind(path) == "official_savedmodel":
+                from simclrv2.zoo import importer, official_format
+
+                return importer.infer_config(official_format.Variables(path))
+    except (ValueError, KeyError, TypeError, OSError):
+        return None  # resolve() names what is wrong
+    return None
+
+
+def _keras_file_config(path):
+    import json
+    import zipfile
+
+    from simclrv2.zoo.config import ModelConfig
+
+    with zipfile.ZipFile(path) as archive:
+        config = json.loads(archive.read("config.json"))
+    return ModelConfig.from_dict(config["config"]["config"])
+
+
 def _keras_file(path, stage):
     if path.suffix != ".keras":
         raise ArtifactError(f"{path} is a file but not a .keras model; give {ACCEPTED}")

@@ -99,3 +99,23 @@ def test_a_tflite_model_off_the_keras_model_is_refused(model, tmp_path, monkeypa
     with pytest.raises(VerificationError, match=r"tflite final_avg_pool: 0\.01"):
         export_model(model, tmp_path / "exp", formats="tflite,keras")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_too_big_for_one_flatbuffer_is_refused_before_any_weight_is_loaded(
+        model, tmp_path, monkeypatch):
+    from simclrv2 import artifacts
+    from simclrv2.export import ExportError
+    from simclrv2.zoo.param_count import weight_bytes
+
+    path = tmp_path / "m.keras"
+    model.save(str(path))
+    monkeypatch.setattr(tflite_format, "FLATBUFFER_MAX_BYTES", weight_bytes(model.simclr_config))
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the size refusal")
+
+    monkeypatch.setattr(artifacts, "resolve", no_loading)
+    with pytest.raises(ExportError, match="a .tflite file can hold"):
+        export_model(str(path), tmp_path / "exp", formats="tflite")
+    assert not (tmp_path / "exp").exists()
+    assert artifacts.peek_config(str(path)).name == model.simclr_config.name

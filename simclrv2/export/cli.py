@@ -97,6 +97,11 @@ def export_main(argv=None) -> int:
     corrupt file, a full disk) is reported by simclrv2.errors: one line, exit 2. An artifact
     that does not match the Keras model is this command's own exit 1."""
     args = _parser().parse_args(argv)
+    # Each format's check loads what it wrote beside the Keras model: what TensorFlow frees
+    # must go back to the system (docs/export.md, memory).
+    from simclrv2 import process_memory
+
+    process_memory.use_releasing_allocator()
     from simclrv2.export import VerificationError, export_model
 
     try:

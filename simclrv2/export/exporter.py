@@ -23,6 +23,7 @@ import time
 import numpy as np
 
 from simclrv2 import precision as precision_lib
+from simclrv2 import process_memory
 from simclrv2.artifacts import EXPORT_FORMAT
 from simclrv2.dir_lock import DirectoryLock, refuse_if_being_written
 from simclrv2.export import (int8, keras_file, onnx, openvino, openvino_int8, output_dir,
@@ -85,6 +86,7 @@ def export_model(model, out_dir, formats=FORMATS, image_size=None, stage=None, p
     # float32 Keras models: everything below is built under a float32 policy.
     started = time.monotonic()
     out = output_dir.check_out_dir(out_dir, options.overwrite, _existing_path(model))
+    _check_sizes_before_loading(model, options)
     refuse_if_being_written(_existing_path(model), allow_running)
     # Held from here to the rename into place: a second export to the same out_dir is refused
     # before it loads anything, and could not replace the directory this one is placing.
@@ -100,6 +102,9 @@ def _export(model, out, options: ExportOptions, started) -> dict:
     image_size = int(options.image_size or config.input_shape[0] or
                      (32 if config.cifar_stem else 224))
     keras_model = _at_size(keras_model, image_size)
+    # Between formats, what the last one freed goes back to the system before the next one
+    # allocates (process_memory): each holds its own copy of the weights while it is written.
+    process_memory.release()
     if "tflite" in options.formats:
         tflite.check_fits(config)
     check_images = _check_images(options, keras_model, image_size)
@@ -113,9 +118,12 @@ def _export(model, out, options: ExportOptions, started) -> dict:
             saved_model.write_saved_model(graph, tmp / saved_model.DIRECTORY)
             report["signatures"] = graph.signature_report()
             report["skipped_signatures"] = dict(graph.skipped)
+            process_memory.release()
         _write_onnx_and_openvino(graph, tmp, options.formats, report)
+        process_memory.release()
         if "tflite" in options.formats:
             report["tflite"] = tflite.write_tflite(graph, tmp / tflite.FILE)
+            process_memory.release()
         if "keras" in options.formats:
             keras_file.write_keras_file(keras_model, tmp / keras_file.FILE)
         report["verification"] = verification.verify(tmp, options.formats, keras_model,
@@ -131,6 +139,18 @@ def _export(model, out, options: ExportOptions, started) -> dict:
     report["removed_stale"] = stale
     report["files"] = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     return report
+
+
+def _check_sizes_before_loading(model, options):
+    """The size refusals, decided from the architecture's weight count before any weight is
+    loaded (seconds, where loading r152_3x_sk1 takes a minute); where the architecture cannot be
+    read cheaply (a registry name), _export checks again once the model is loaded."""
+    from simclrv2.artifacts import peek_config
+
+    if "tflite" in options.formats:
+        config = peek_config(model)
+        if config is not None:
+            tflite.check_fits(config)
 
 
 def resolve_model(model, stage=None, image_size=None):

@@ -6,7 +6,11 @@ FILE = "model.keras"
 
 
 def write_keras_file(model, path):
-    model.save(str(path))
+    """Saves `model` with its weights streamed through disk (zoo.keras_file.save_keras_file):
+    Keras's own saver would hold them twice more in memory."""
+    from simclrv2.zoo.keras_file import save_keras_file
+
+    save_keras_file(model, path)
 
 
 def read_keras_file(path):

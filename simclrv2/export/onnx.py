@@ -17,6 +17,7 @@ import numpy as np
 from simclrv2.export.errors import ExportError
 
 FILE = "model.onnx"
+OUTPUT_NAMES = ("final_avg_pool", "logits", "probabilities", "proj_head_output")  # onnx_function
 EXTERNAL_DATA_FILE = FILE + ".data"
 ONNX_OPSET = 17
 ONNX_MAX_BYTES = 2 * 1024 ** 3 - 64 * 1024 ** 2  # protobuf's 2 GiB limit, with room for the graph
@@ -154,6 +155,18 @@ def _write_external_data(proto, storage, data_path):
                           f"does not use; the export would lose them")
 
 
+def _inline_external_data(proto, storage):
+    """Puts the tensors tf2onnx set aside back into the graph: a model that fits one file."""
+    from onnx import TensorProto
+
+    data = storage.name_to_tensor_data
+    for tensor in _external_tensors(proto):
+        location = next(e.value for e in tensor.external_data if e.key == "location")
+        tensor.raw_data = data.pop(location)
+        del tensor.external_data[:]
+        tensor.data_location = TensorProto.DEFAULT
+
+
 def _patch_numpy_names():
     # tf2onnx 1.17's large-model path still calls numpy<2's np.product and np.object.
     if not hasattr(np, "product"):
@@ -183,9 +196,12 @@ def write_onnx(graph, path, metadata, large=None):
             mock.patch.object(tf2onnx.optimizer, "optimize_graph", fast_optimize), \
             mock.patch.object(Node, "get_value_attr", _moving_value_attr):
         warnings.simplefilter("ignore", FutureWarning)
+        # tf2onnx's large-model path for every model: its other path runs TensorFlow's grappler
+        # over a frozen graph holding every weight, which held many copies of them at once
+        # (docs/export.md, memory); onnxruntime's own graph optimisations follow either way.
         proto, storage = tf2onnx.convert.from_function(
             onnx_function(graph), input_signature=[graph.images_spec], opset=ONNX_OPSET,
-            large_model=large)
+            large_model=True)
     # tf2onnx names the batch dimension after the TF tensor (unk__N); a plain name documents it.
     for value in list(proto.graph.input) + list(proto.graph.output):
         dim = value.type.tensor_type.shape.dim
@@ -194,6 +210,8 @@ def write_onnx(graph, path, metadata, large=None):
     keep_batch_in_reshapes(proto)  # after naming the batch: it carries that name through
     onnx.helper.set_model_props(proto, {k: str(v) for k, v in metadata.items()})
     if not large:
+        _inline_external_data(proto, storage)
+        del storage
         onnx.checker.check_model(proto)
         onnx.save(proto, str(path))
         return [o.name for o in proto.graph.output]

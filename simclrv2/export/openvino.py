@@ -39,7 +39,7 @@ def write_openvino(onnx_path, directory) -> dict:
     return {"files": [f"{DIRECTORY}/{FILE}", f"{DIRECTORY}/{pathlib.Path(FILE).stem}.bin"],
             "converted_from": "model.onnx (openvino.Core.read_model)",
             "weights": "float32", "input": model.inputs[0].get_any_name(),
-            "outputs": [o.get_any_name() for o in model.outputs],
+            "outputs": [output_name(o) for o in model.outputs],
             "openvino_version": ov.__version__.split("-")[0]}
 
 
@@ -58,6 +58,16 @@ def compile_model(path, precision=None, threads=None):
     return ov.Core().compile_model(str(path), DEVICE, config)
 
 
+def output_name(output):
+    """The ONNX output name of an OpenVINO output. A tensor can carry several names (tf2onnx
+    may name one tensor both as an output and as the node that made it), and get_any_name
+    picks any of them."""
+    from simclrv2.export.onnx import OUTPUT_NAMES
+
+    named = sorted(set(output.get_names()) & set(OUTPUT_NAMES))
+    return named[0] if named else output.get_any_name()
+
+
 def inference_precision(compiled) -> str:
     """The precision `compiled` computes in, as OpenVINO reports it ("bf16", "f32", ...)."""
     return str(compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name())
@@ -65,7 +75,7 @@ def inference_precision(compiled) -> str:
 
 def run_compiled(compiled, images, batch=BATCH):
     """{output name: array} of `compiled` on `images`, `batch` images per call."""
-    names = [o.get_any_name() for o in compiled.outputs]
+    names = [output_name(o) for o in compiled.outputs]
     chunks = {name: [] for name in names}
     for start in range(0, len(images), batch):
         result = compiled(np.ascontiguousarray(images[start:start + batch]))

@@ -9,6 +9,7 @@ import warnings
 
 import numpy as np
 
+from simclrv2 import process_memory
 from simclrv2.export import keras_file, onnx, openvino, saved_model, tflite
 from simclrv2.export.errors import VerificationError
 from simclrv2.export.signatures import preprocess_encoded
@@ -102,6 +103,7 @@ def verify(directory, formats, model, image_size, temperature, seed=0) -> dict:
     if "savedmodel" in formats:
         got = saved_model.run_saved_model(directory / saved_model.DIRECTORY, images, encoded, temperatures)
         figures["saved_model"] = _compare(got, expected, "SavedModel")
+        process_memory.release()  # the loaded SavedModel's copy of the weights
     # model.onnx, the OpenVINO model and model.tflite share one set of outputs and names.
     flat = {**expected.get("serving_default", {}), **expected["features"],
             **expected.get("projection", {})}
@@ -114,10 +116,12 @@ def verify(directory, formats, model, image_size, temperature, seed=0) -> dict:
         if fmt in formats:
             compared = _compare({fmt: run()}, {fmt: flat}, what)
             figures[fmt] = {k.split("/", 1)[1]: v for k, v in compared.items()}
+            process_memory.release()
     if "keras" in formats:
         out = _keras_outputs(keras_file.read_keras_file(directory / keras_file.FILE), images)
         ref = _keras_outputs(model, images)
         figures["keras"] = {k: rel_diff(out.get(k, np.zeros(0)), v) for k, v in ref.items()}
+        process_memory.release()
     bad = [(fmt, k, v) for fmt, d in figures.items() for k, v in d.items() if not v <= RTOL]
     if bad:
         listed = ", ".join(f"{fmt} {k}: {v:.3g}" for fmt, k, v in bad)
