@@ -9,10 +9,12 @@ from simclrv2.main_job.plan import plan, with_default_steps
 from simclrv2.recipes import config as config_lib
 
 # What the job itself decides for each stage: where it writes, what feeds it, which labels it
-# reads, how long it trains (from --steps & co.), and how its progress shows.
+# reads, how long it trains (from --steps & co.), how its progress shows, and which stage
+# measures the pretrained network's kNN monitor (the linear eval, with pretraining's settings).
 JOB_KEYS = {"model_dir", "checkpoint", "teacher", "label_fraction", "checkpoint_steps",
             "progress_bar", "eval_split", "train_steps", "model", "student", "image_size",
-            "seed", "label_seed", "mixed_precision"}
+            "seed", "label_seed", "mixed_precision", "final_monitor", "knn_k", "knn_temperature",
+            "knn_bank_size"}
 
 
 @pytest.mark.parametrize("name", config_lib.list_recipes())
@@ -53,3 +55,13 @@ def test_the_default_step_counts_and_widths_are_the_recipes():
     for name in ("pretrain", "finetune_10pct", "distill"):
         kind = {"finetune_10pct": "finetune"}.get(name, name)
         assert by_name[name]["train_steps"] == settings.recipe(kind)["train_steps"]
+
+
+def test_the_linear_eval_measures_the_monitor_with_pretrainings_settings():
+    by_name = {name: values for name, _, values in plan(with_default_steps(parse_args(
+        ["--set", "pretrain.knn_k=50"])))}
+    assert by_name["pretrain"]["final_monitor"] is False
+    pretrain = config_lib.from_dict("pretrain", by_name["pretrain"])
+    linear = config_lib.from_dict("lineareval", by_name["lineareval_100pct"])
+    assert (linear.knn_k, linear.knn_temperature, linear.knn_bank_size) == (
+        50, pretrain.knn_temperature, pretrain.knn_bank_size)

@@ -86,3 +86,30 @@ def test_pixels_settings_are_checked():
         C.from_dict("pixels", {"max_iterations": 0})
     with pytest.raises(C.ConfigError, match="max_train_examples must be >= 0"):
         C.from_dict("pixels", {"max_train_examples": -5})
+
+
+def test_linear_eval_measures_the_pretraining_monitor_from_its_own_features(tmp_path):
+    """With knn_k the linear eval reports the kNN top-1 the pretraining stage's final monitor
+    gives for the same network, seed and bank size (the main job turns the monitor off and reads
+    this one); without final_monitor the pretraining stage evaluates nothing."""
+    from simclrv2.recipes import stages
+
+    tiny = dict(dataset="synthetic", image_size=8, global_batch_size=8, progress_bar=False,
+                num_eval_examples=48, eval_batch_size=16, knn_bank_size=40)
+    pre = dict(tiny, model="r18_0.25x_sk0", train_steps=2, warmup_epochs=0.0, knn_k=5,
+               lineareval_while_pretraining=False)
+    monitored = stages.pretrain(C.from_dict("pretrain", dict(pre, model_dir=str(tmp_path / "a"))))
+    assert monitored["knn_top1"] is not None
+    linear = stages.linear_eval(C.from_dict("lineareval", dict(
+        tiny, checkpoint=str(tmp_path / "a"), solver="lbfgs", train_steps=3, knn_k=5,
+        model_dir=str(tmp_path / "lin"))))
+    assert linear["knn_top1"] == monitored["knn_top1"]
+    written = json.loads((tmp_path / "lin" / "result.json").read_text())
+    assert written["knn_top1"] == monitored["knn_top1"]
+
+    quiet = stages.pretrain(C.from_dict("pretrain", dict(pre, final_monitor=False,
+                                                         model_dir=str(tmp_path / "b"))))
+    assert "knn_top1" not in quiet and quiet["time_s"]["evaluation"] == 0.0
+    assert "knn_top1" not in stages.linear_eval(C.from_dict("lineareval", dict(
+        tiny, checkpoint=str(tmp_path / "b"), solver="lbfgs", train_steps=3,
+        model_dir=str(tmp_path / "lin_b"))))

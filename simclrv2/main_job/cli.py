@@ -274,8 +274,11 @@ def _run_stages(args, run, stages, started):
         if result.get("status") != "done":
             return None
         top1 = report.top1_of(result)
-        print(f"[{number}/{total}] {name}: top-1 {100 * top1:.2f}%, "
-              f"{result['wall_time_s']:.0f}s", flush=True)
+        figure = ("trained (its kNN monitor is measured with the linear eval)" if top1 is None
+                  else f"top-1 {100 * top1:.2f}%")
+        if kind == "lineareval" and result.get("knn_top1") is not None:
+            figure += f", kNN monitor {100 * result['knn_top1']:.2f}%"
+        print(f"[{number}/{total}] {name}: {figure}, {result['wall_time_s']:.0f}s", flush=True)
         if kind == "pretrain":
             estimate = clock.measured(values)
             if estimate:

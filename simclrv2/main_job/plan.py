@@ -12,7 +12,11 @@ import json
 import pathlib
 
 from simclrv2.main_job import settings
+from simclrv2.recipes.config import PretrainConfig
 from simclrv2.zoo.config import model_name
+
+# The kNN monitor's settings, which the linear eval takes from the pretraining stage.
+MONITOR_KEYS = ("knn_k", "knn_temperature", "knn_bank_size")
 
 
 def architecture(width):
@@ -67,9 +71,11 @@ def plan(args):
     # --quick fits the baseline to the first 10,000 training images for 30 iterations.
     stages = [stage("pixels", "pixels",
                     dict(max_iterations=30, max_train_examples=10_000) if quick else {})]
+    # The kNN monitor's top-1 comes from the linear eval's features (its bank and evaluation
+    # images are among the images the linear eval reads): one pass over them, not two.
     stages.append(stage(
         "pretrain", "pretrain",
-        dict(model=teacher, train_steps=args.steps,
+        dict(model=teacher, train_steps=args.steps, final_monitor=False,
              checkpoint_steps=_checkpoint_steps(args.steps, 0.5)),
         dict(global_batch_size=32, warmup_epochs=0.0, knn_bank_size=500) if quick else {}))
     # Linear eval on all the labels (the aim); --quick reads 10% of them instead, since all 60k
@@ -105,6 +111,13 @@ def plan(args):
         prefix, _, key = target.partition(".")
         for _, _, values in [st for st in stages if st[0].startswith(prefix)]:
             values[key] = setting_value(value)
+    # The linear eval measures the pretraining stage's monitor, with its settings (--set
+    # included; a --set lineareval.knn_* wins).
+    pretrain = next(values for _, kind, values in stages if kind == "pretrain")
+    for _, kind, values in stages:
+        if kind == "lineareval":
+            for key in MONITOR_KEYS:
+                values.setdefault(key, pretrain.get(key, getattr(PretrainConfig, key)))
     if args.only:
         wanted = set(args.only.split(","))  # names checked by parse_args
         stages = [st for st in stages if st[0] in wanted]

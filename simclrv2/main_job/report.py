@@ -31,17 +31,24 @@ def _labels_used(fraction, args):
 
 
 def collect(job, stages, args):
-    """The results table: one row per evaluated model, baselines included; `job` is job.json."""
+    """The results table: one row per evaluated model, baselines included; `job` is job.json.
+    The pretrained network's row is its kNN monitor, which the linear eval measures from its
+    features when the pretraining stage did not (plan.py)."""
     walls = job.get("stage_wall_s", {})
+    monitor = next((stage_result(values).get("knn_top1") for _, kind, values in stages
+                    if kind == "lineareval"), None)
     rows = []
     for name, kind, overrides in stages:
         result = stage_result(overrides)
         fraction = overrides.get("label_fraction", 1.0)
         labels = result.get("num_labeled")
+        top1 = top1_of(result)
+        if kind == "pretrain" and top1 is None:
+            top1 = monitor
         row = dict(stage=name, label_fraction=fraction,
                    labels_used=(f"{labels} ({fraction * 100:g}%)" if labels
                                 else _labels_used(fraction, args)),
-                   top1=top1_of(result), wall_s=walls.get(name))
+                   top1=top1, wall_s=walls.get(name))
         if result.get("precision"):  # the trained stages: which dtype policy they ran in
             row["precision"] = result["precision"]["policy"]
         if kind == "pixels":

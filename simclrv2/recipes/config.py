@@ -129,6 +129,10 @@ class PretrainConfig(RunConfig):
     knn_k: int = 200
     knn_temperature: float = 0.1
     knn_bank_size: int = 5000  # training examples in the kNN memory bank (0 = all)
+    # false: no monitor after the last step. A linear eval of the model can compute the same kNN
+    # top-1 from the features it reads anyway (its knn_k), as the main job does: one pass over
+    # the images instead of two.
+    final_monitor: bool = True
     # > 0: gradient caching (recipes/gradient_cache.py): the step embeds, then trains, the
     # per-replica batch in micro-batches of this many pairs, with the whole batch's loss and
     # gradient and one micro-batch's activation memory; batch norm normalises each micro-batch
@@ -197,11 +201,19 @@ class LinearEvalConfig(RunConfig):
     train_epochs: float = 90.0
     label_fraction: float = 1.0
     label_seed: int = 0
+    # > 0: also the kNN monitor's top-1 (pretraining's knn_* keys) on the same features, the bank
+    # drawn from the labeled images as pretraining draws it (the same bank for the same seed
+    # and labels); 0: none.
+    knn_k: int = 0
+    knn_temperature: float = 0.1
+    knn_bank_size: int = 5000
 
     def validate(self):
         super().validate()
         if not self.checkpoint:
             raise ConfigError("linear evaluation needs checkpoint (a model_dir or a .keras file)")
+        if self.knn_k < 0:
+            raise ConfigError(f"knn_k must be >= 0 (0: no kNN top-1), got {self.knn_k}")
         _choice("solver", self.solver, LINEAR_SOLVERS)
         _check_label_fraction(self)
 

@@ -67,12 +67,18 @@ def eval_top1(config, model, model_dir, step, chief):
     return score
 
 
+def knn_bank_index(config, labeled):
+    """Positions in `labeled` of the kNN monitor's memory bank: config.knn_bank_size
+    class-balanced examples drawn with config.seed, or all of them."""
+    if not config.knn_bank_size or config.knn_bank_size >= len(labeled):
+        return np.arange(len(labeled))
+    return data_io.subset_indices(labeled, config.knn_bank_size / len(labeled), config.seed)
+
+
 def knn_bank(config, labeled):
-    """The kNN monitor's memory bank: `labeled` (config.knn_bank_size class-balanced examples of
-    it when set), batched for inference."""
-    source = labeled if not config.knn_bank_size else data_io.subset(
-        labeled, min(1.0, config.knn_bank_size / len(labeled)), config.seed)
-    return data_io.eval_dataset(source, config.eval_batch_size, config.image_size)
+    """The kNN monitor's memory bank (knn_bank_index), batched for inference."""
+    return data_io.eval_dataset(data_io.take(labeled, knn_bank_index(config, labeled)),
+                                config.eval_batch_size, config.image_size)
 
 
 def monitor_scores(config, model, bank_ds, test_ds, num_classes, linear):

@@ -36,6 +36,13 @@ def linear_eval(config) -> dict:
         train, config.eval_batch_size, config.image_size))
     test_features, test_labels = evaluation.predict(network, config.feature, test_ds,
                                                     config.num_eval_examples)
+    knn = {}
+    if config.knn_k:
+        bank = evaluation.knn_bank_index(config, train)
+        with stage_clock.part("evaluation"):
+            knn["knn_top1"] = objectives.knn_top1(test_features, test_labels, features[bank],
+                                                  labels[bank], num_classes, config.knn_k,
+                                                  config.knn_temperature)
     # Standardised with the labeled set's statistics (a fixed affine map, so the classifier is
     # still linear in the features): raw pooled features of a briefly trained network reach the
     # hundreds, where one learning rate cannot suit every checkpoint.
@@ -54,8 +61,8 @@ def linear_eval(config) -> dict:
               config.top1_key: evaluation.top1(eval_scores, test_labels),
               "eval_split": config.eval_split, "solver": config.solver,
               "feature": config.feature, "feature_standardized": True,
-              "num_labeled": len(labels)}
-    log.write(steps, {config.top1_key: result[config.top1_key]}, "eval")
+              "num_labeled": len(labels), **knn}
+    log.write(steps, {config.top1_key: result[config.top1_key], **knn}, "eval")
     return run_lifecycle.finish(config, model_dir, "lineareval", result, None, True, started)
 
 

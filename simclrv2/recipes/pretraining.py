@@ -136,7 +136,7 @@ def pretrain(config) -> dict:
         optimizer=optimizer, replica_step=replica_step, dataset_fn=dataset_fn, total_steps=total,
         eval_fn=evaluate, eval_steps=config.knn_steps)
     result = {"status": status, "steps": step, "train_metrics": metrics}
-    if status == "done":
+    if status == "done" and config.final_monitor:
         scores = evaluate()
         engine.RunLog(model_dir, chief).write(step, scores, kind="eval")
         result.update(scores)
