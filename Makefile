@@ -56,7 +56,7 @@ $(BACKENDS_STAMP): $(STAMP)
 # (`make test` runs the JAX tests already; here the ones that need PyTorch.)
 test-backends: setup $(BACKENDS_STAMP)
 	$(PYTHON) -m pytest -q -k torch tests/test_zoo_backends.py tests/test_benchmark_gpu.py \
-	  $(PYTEST_ARGS)
+	  tests/test_recipes_portable_objectives.py $(PYTEST_ARGS)
 
 test-all: setup
 	$(PYTHON) -m pytest -q --runslow $(PYTEST_ARGS)
