@@ -17,6 +17,11 @@ precision) and each ceiling runs in a fresh process.
 
 Configs: M is the main job's network (r18_0.5x_sk0, CIFAR stem, 28 px, 128 pairs); A, B, C are
 benchmarks/train_step.py's.
+
+`--levers` times the main job's step (config M, bfloat16) as the recipes run it and with one
+thing changed at a time, each in its own process, interleaved over `--rounds`, and prints each
+variant's median step and its ratio to the recipe's: TensorFlow's default threads (the recipes')
+against one inter-op thread, XLA (`jit_compile`), Keras's own batch norm, float32.
 """
 
 import argparse
@@ -39,13 +44,22 @@ CEILING_SHAPES = {"matmul": 2048, "conv": (32, 28, 256)}
 QUICK_SHAPES = {"matmul": 512, "conv": (8, 14, 64)}
 
 
-def _configure(threads, policy):
+# --levers: variant -> what it changes in measure_step (the recipe's step: TensorFlow's default
+# threads, fused batch norm, no XLA, the precision `auto` picks on a bfloat16 host).
+LEVERS = {"recipe": {}, "inter-op 1 thread": {"inter_op": 1}, "XLA": {"xla": True},
+          "Keras batch norm": {"fused": False}, "float32": {"policy": "float32"}}
+
+
+def _configure(threads, policy, inter_op=1):
+    """TensorFlow's threads (0: its default) and the dtype policy."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
     import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+    if inter_op:
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op)
     keras.mixed_precision.set_global_policy(policy)
     return tf
 
@@ -93,21 +107,23 @@ def forward_macs(model, batch, image_size):
     return model_analyzer.profile(graph, options=options).total_float_ops // 2
 
 
-def measure_step(name, image_size, pairs, policy, threads, repeats):
+def measure_step(name, image_size, pairs, policy, threads, repeats, inter_op=1, xla=False,
+                 fused=True):
     """The recipe's pretraining step on fixed inputs: seconds (median) and MACs per step."""
-    tf = _configure(threads, policy)
+    tf = _configure(threads, policy, inter_op)
     import simclrv2.zoo as zoo
     from simclrv2.recipes import fused_batch_norm, objectives, optim
 
     model = zoo.build(name, num_classes=None, input_shape=(image_size, image_size, 3),
                       ft_proj_selector=0)
-    fused_batch_norm.fuse(model)
+    if fused:
+        fused_batch_norm.fuse(model)
     optimizer = optim.LARS(0.1, weight_decay_rate=1e-6)
     variables = model.trainable_variables
     optimizer.build(variables)
     views = tf.random.uniform((2 * pairs, image_size, image_size, 3))
 
-    @tf.function(autograph=False)
+    @tf.function(autograph=False, jit_compile=xla)
     def step():
         with tf.GradientTape() as tape:
             out = model(views, training=True)
@@ -120,6 +136,29 @@ def measure_step(name, image_size, pairs, policy, threads, repeats):
     return {"model": name, "image_size": image_size, "pairs": pairs, "precision": policy,
             "step_s": round(seconds, 4), "gmac_per_step": round(macs / 1e9, 2),
             "gmac_per_s": round(macs / seconds / 1e9, 1)}
+
+
+def levers(configs, threads, repeats, rounds):
+    """The main job's step with one thing changed at a time; returns the rows printed."""
+    from simclrv2 import precision
+
+    name, size, pairs = configs["M"]
+    policy = precision.resolve("auto").policy
+    seconds = {variant: [] for variant in LEVERS}
+    for _ in range(rounds):
+        for variant, change in LEVERS.items():
+            options = {"policy": policy, "inter_op": 0, **change}
+            row = _child(["step", name, size, pairs, options.pop("policy"), options],
+                         threads, repeats)
+            seconds[variant].append(row["step_s"])
+    base = statistics.median(seconds["recipe"])
+    rows = []
+    for variant, values in seconds.items():
+        step = statistics.median(values)
+        rows.append({"variant": variant, "step_s": round(step, 4),
+                     "speed_vs_recipe": round(base / step, 3), "rounds": values})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
 
 
 def _child(spec, threads, repeats):
@@ -139,6 +178,9 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="small sizes, a few repeats")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=0, help="timed repeats (default 10, quick 2)")
+    parser.add_argument("--levers", action="store_true",
+                        help="the main job's step with one thing changed at a time")
+    parser.add_argument("--rounds", type=int, default=2, help="--levers: interleaved rounds")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     repeats = args.repeats or (2 if args.quick else 10)
@@ -147,13 +189,20 @@ def main(argv=None):
         if spec[0] == "ceiling":
             result = measure_ceiling(spec[1], spec[2], args.threads, repeats)
         else:
-            result = measure_step(*spec[1:], args.threads, repeats)
+            name, size, pairs, policy, *options = spec[1:]
+            result = measure_step(name, size, pairs, policy, args.threads, repeats,
+                                  **(options[0] if options else {}))
         print(json.dumps(result))
         return 0
 
     from simclrv2 import precision
 
     configs = QUICK_CONFIGS if args.quick else CONFIGS
+    if args.levers:
+        print(f"# {precision.cpu_model()}; {os.cpu_count()} CPUs; main job's step, "
+              f"{configs['M']}", flush=True)
+        levers(configs, 0, repeats, args.rounds)
+        return 0
     shapes = QUICK_SHAPES if args.quick else CEILING_SHAPES
     policies = args.precisions.split(",")
     print(f"# {precision.cpu_model()}; {os.cpu_count()} CPUs; "

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -26,3 +28,19 @@ def test_quick_run_prints_the_ceiling_and_the_steps_fraction_of_it():
         <= 0.1 + 0.01 * step["gmac_per_s"]
     assert step["fraction_of_ceiling"] == round(step["gmac_per_s"] / ceiling["best"], 3)
     assert "% of the " in proc.stdout.splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_levers_time_each_variant_against_the_recipes_step():
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "ceiling.py"), "--levers", "--quick",
+         "--rounds", "1", "--repeats", "1"],
+        capture_output=True, text=True, timeout=900, cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [r["variant"] for r in rows] == ["recipe", "inter-op 1 thread", "XLA",
+                                            "Keras batch norm", "float32"]
+    assert rows[0]["speed_vs_recipe"] == 1.0
+    for row in rows:  # step_s is printed to 0.1 ms
+        assert abs(row["speed_vs_recipe"] - rows[0]["step_s"] / row["step_s"]) < 0.01
