@@ -2,7 +2,7 @@
 on one fixed batch, NT-Xent (gathered cross-replica negatives included), the distillation loss and
 two LARS updates agree across TensorFlow, JAX and PyTorch to 1e-5 in float32; the TF recipes'
 own functions are these; Keras fit pretrains with them on JAX and PyTorch (20 steps lower the
-loss). The JAX and PyTorch sides run in a child that cannot import TensorFlow
+loss); under JAX's DataParallel the negatives span every device. The JAX and PyTorch sides run in a child that cannot import TensorFlow
 (tests/backend_child.py)."""
 
 import json
@@ -75,6 +75,38 @@ history = projector.fit(views, np.zeros(16, np.float32), batch_size=16, epochs=2
 print("LOSSES " + json.dumps([float(v) for v in history.history["loss"]]))
 '''
 
+# JAX with two host devices: NT-Xent under keras.distribution.DataParallel (the batch sharded over
+# the devices) against one device, and against what local-only negatives would give.
+DATA_PARALLEL = r'''
+import json
+import jax
+import keras
+import numpy as np
+from simclrv2 import zoo
+from simclrv2.recipes.portable_objectives import NTXent, nt_xent
+
+def projector_loss(distribution):
+    keras.distribution.set_distribution(distribution)
+    keras.utils.set_random_seed(0)
+    net = zoo.build("r18_0.125x_sk0", input_shape=(32, 32, 3), num_classes=None)
+    projector = keras.Model(net.input, net.output["proj_head_output"])
+    projector.compile(loss=NTXent(0.2))
+    rng = np.random.default_rng(0)
+    views = rng.random((16, 32, 32, 3), dtype=np.float32)
+    loss = projector.evaluate(views, np.zeros(16, np.float32), batch_size=16, verbose=0)
+    hidden = keras.ops.convert_to_numpy(projector(views, training=False))
+    return loss, hidden
+
+devices = jax.devices()
+single, hidden = projector_loss(None)
+parallel, _ = projector_loss(keras.distribution.DataParallel(devices=devices))
+# What each device would get with only its own rows as negatives (pairs i and i+8 kept together).
+local = [float(nt_xent(np.concatenate([hidden[r], hidden[8:][r]]), 0.2))
+         for r in (slice(0, 4), slice(4, 8))]
+print("DP " + json.dumps({"devices": len(devices), "single": single, "parallel": parallel,
+                          "local_only": float(np.mean(local))}))
+'''
+
 
 def fixed_inputs():
     rng = np.random.default_rng(3)
@@ -89,11 +121,11 @@ def fixed_inputs():
     return inputs
 
 
-def run_child(tmp_path, backend, code):
+def run_child(tmp_path, backend, code, **env_vars):
     script = tmp_path / f"{backend}_code.py"
     script.write_text(code)
     env = dict(os.environ, KERAS_BACKEND=backend, JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="",
-               PYTHONPATH=str(REPO_ROOT))
+               PYTHONPATH=str(REPO_ROOT), **env_vars)
     result = subprocess.run([sys.executable, str(CHILD), "--docs", str(script)], env=env,
                             cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
@@ -158,3 +190,14 @@ def test_twenty_pretraining_steps_lower_the_loss(tmp_path, backend, module):
                              if line.startswith("LOSSES "))[len("LOSSES "):])
     assert len(losses) == 20 and all(np.isfinite(losses))
     assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.05, losses
+
+
+def test_jax_data_parallel_negatives_span_every_device(tmp_path):
+    pytest.importorskip("jax")
+    stdout = run_child(tmp_path, "jax", DATA_PARALLEL,
+                       XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    values = json.loads(next(line for line in stdout.splitlines()
+                             if line.startswith("DP "))[len("DP "):])
+    assert values["devices"] == 2
+    np.testing.assert_allclose(values["parallel"], values["single"], rtol=1e-5)
+    assert abs(values["local_only"] - values["single"]) > 0.1, values
