@@ -1,8 +1,9 @@
 """The zoo's .keras files beyond TensorFlow: written under TensorFlow (by `simclrv2 convert` from
 an official-format SavedModel, or by zoo.build + save), loaded under KERAS_BACKEND=torch and jax
 in a child that cannot import TensorFlow (tests/backend_child.py), with TensorFlow's outputs on
-every endpoint to 1e-5; a plain PyTorch loop, jax.jit and Keras fit on each; and the code of
-docs/pytorch.md and docs/jax.md, run the same way.
+every endpoint to 1e-5; a plain PyTorch loop, jax.jit and Keras fit on each; a model fine-tuned
+on JAX exported by simclrv2.export like any other; and the code of docs/pytorch.md and
+docs/jax.md, run the same way.
 """
 
 import json
@@ -165,3 +166,42 @@ def test_docs_pages_run_on_their_backend(tensorflow_cases, tmp_path, page, backe
     assert DOCS_FILE in code
     (tmp_path / "page.py").write_text(code)
     run_child(["--docs", tmp_path / "page.py"], backend, cwd=tmp_path)
+
+
+# Fine-tunes a converted file with Keras fit on JAX and saves the whole network again.
+JAX_FINE_TUNING = r'''
+import keras, numpy as np
+import simclrv2.zoo as zoo
+from simclrv2.zoo.keras_file import load_keras_file
+
+keras.utils.set_random_seed(0)
+model = load_keras_file("converted.keras")
+images = np.load("images.npy")
+classifier = zoo.classifier_model(model)
+classifier.compile(optimizer=keras.optimizers.SGD(0.05),
+                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+classifier.fit(images, np.arange(len(images)) % 5, batch_size=len(images), epochs=2, verbose=0)
+model.save("finetuned.keras")
+np.save("logits.npy", keras.ops.convert_to_numpy(model(images, training=False)["logits_sup"]))
+'''
+
+
+def test_a_model_fine_tuned_on_jax_exports_like_any_other(tensorflow_cases, tmp_path):
+    pytest.importorskip("jax")
+    from simclrv2.export import export_model
+
+    _, cases = tensorflow_cases
+    case = cases[1]  # converted from an official-format SavedModel, CIFAR stem
+    shutil.copy(case["keras"], tmp_path / "converted.keras")
+    shutil.copy(case["images"], tmp_path / "images.npy")
+    (tmp_path / "fine_tune.py").write_text(JAX_FINE_TUNING)
+    run_child(["--docs", tmp_path / "fine_tune.py"], "jax", cwd=tmp_path)
+    jax_logits = np.load(tmp_path / "logits.npy")
+    assert np.abs(jax_logits - case["expected"]["logits_sup"]).max() > 1e-3  # it was trained
+    finetuned = load_keras_file(tmp_path / "finetuned.keras")
+    images = np.load(tmp_path / "images.npy")
+    tf_logits = keras.ops.convert_to_numpy(finetuned(images, training=False)["logits_sup"])
+    np.testing.assert_allclose(tf_logits, jax_logits, rtol=1e-5, atol=1e-5)
+    export_model(str(tmp_path / "finetuned.keras"), tmp_path / "export", formats="savedmodel")
+    assert (tmp_path / "export" / "saved_model" / "saved_model.pb").is_file()
+    assert json.loads((tmp_path / "export" / "config.json").read_text())
