@@ -310,6 +310,26 @@ def do_report(args) -> int:
     return 0
 
 
+def run_parts(args, mode, estimates):
+    """Each part in turn, its stdout teed into its log; its JSON, log and figures written."""
+    (args.work_dir / "logs").mkdir(exist_ok=True)
+    for part in args.parts:
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        log_path = args.work_dir / "logs" / f"{part}-{stamp}.log"
+        tee = _Tee(sys.stdout, log_path)
+        with contextlib.closing(tee.log), contextlib.redirect_stdout(tee):
+            print(estimates[part][1])
+            result = run_part(args, part, mode)
+            print_findings(result)
+            hint = longer(args, part, result)
+            if hint:
+                print(hint)
+                result["next"] = hint
+            print(f"part {part}: wall time {result['wall_time_s'] / 60:.1f} min")
+        path = write_result(result, args.out, log_path)
+        print(f"written: {path} (+ .log, figures)")
+
+
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.report:
@@ -339,25 +359,9 @@ def main(argv=None):
     from simclrv2.dir_lock import DirectoryLock
 
     args.work_dir.mkdir(parents=True, exist_ok=True)
-    # One benchmark per work directory; the kernel lets go of the lock when this process ends.
-    DirectoryLock(args.work_dir, option="another --work-dir").acquire()
-    (args.work_dir / "logs").mkdir(exist_ok=True)
-    for part in args.parts:
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        log_path = args.work_dir / "logs" / f"{part}-{stamp}.log"
-        tee = _Tee(sys.stdout, log_path)
-        with contextlib.redirect_stdout(tee):
-            print(estimates[part][1])
-            result = run_part(args, part, mode)
-            print_findings(result)
-            hint = longer(args, part, result)
-            if hint:
-                print(hint)
-                result["next"] = hint
-            print(f"part {part}: wall time {result['wall_time_s'] / 60:.1f} min")
-        tee.log.close()
-        path = write_result(result, args.out, log_path)
-        print(f"written: {path} (+ .log, figures)")
+    # One benchmark per work directory (the kernel lets go of the lock if this process dies).
+    with DirectoryLock(args.work_dir, option="another --work-dir"):
+        run_parts(args, mode, estimates)
     return 0
 
 

@@ -76,6 +76,10 @@ def curves(result, path):
         ax.plot([p["epochs"] for p in points], [100 * p["validation_top1"] for p in points],
                 "o-", label=key)
     ax.set_xscale("log", base=2)
+    ticks = sorted({p["epochs"] for points in result.get("curves", {}).values() for p in points})
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([f"{t:g}" for t in ticks])
+    ax.minorticks_off()
     ax.set_xlabel("epochs of labeled images (each point a run of its own schedule)")
     ax.set_ylabel("validation top-1 (%)")
     ax.set_title(_title(result, "trained until validation stops rising"), fontsize=9)

@@ -161,8 +161,8 @@ class Runner:
         return result
 
     def _add_cost(self, kind, settings):
-        steps, batch = int(settings.get("train_steps", 0)), int(settings["global_batch_size"]) \
-            if "global_batch_size" in settings else 0
+        steps = int(settings.get("train_steps", 0))
+        batch = int(settings.get("global_batch_size", 0))
         if kind == "pretrain":
             width, sk = _width_sk(settings["model"])
             per_step = costs.pretrain_step_s(width, sk, batch, settings.get("micro_batch_size"))
@@ -232,6 +232,7 @@ class Runner:
             top1 = self._read_test_split(ref)
         self.test_reads += 1
         self._event("test", ref.name, ref.directory)
+        self.say(f"  test split: {ref.name:<44} top-1 {_pct(top1)}", flush=True)
         write_json(path, {"test_top1": top1, "part": self.part})
         return top1
 
