@@ -35,7 +35,10 @@ def compute(inputs):
     local, logits_ab, labels = po.nt_xent_gathered(n1[4:], n2[4:], n1, n2, 1, 0.2)
     out = {"nt_xent": po.nt_xent(h, 0.2), "nt_xent_replica1": local, "logits_ab": logits_ab,
            "labels": labels,
-           "distillation": po.distillation_loss(inputs["teacher"], inputs["student"], 2.0)}
+           "distillation": po.distillation_loss(inputs["teacher"], inputs["student"], 2.0),
+           # The Keras losses that fit uses: targets ignored (NT-Xent), the teacher's logits.
+           "nt_xent_keras_loss": po.NTXent(0.2)(ops.zeros((16,)), h),
+           "distillation_keras_loss": po.Distillation(2.0)(inputs["teacher"], inputs["student"])}
     dense = keras.layers.Dense(3, name="dense")
     dense.build((None, 4))
     bn = keras.layers.BatchNormalization(name="bn1")
@@ -162,6 +165,9 @@ def test_values_are_not_trivial(reference):
     inputs = fixed_inputs()
     assert reference["nt_xent"] > 1 and reference["distillation"] > 0.1
     assert not np.isclose(reference["nt_xent_replica1"], reference["nt_xent"])
+    np.testing.assert_allclose(reference["nt_xent_keras_loss"], reference["nt_xent"], rtol=1e-6)
+    np.testing.assert_allclose(reference["distillation_keras_loss"], reference["distillation"],
+                               rtol=1e-6)
     assert list(reference["excluded"]) == [False, True, True]
     assert not np.allclose(reference["lars_0"], inputs["kernel"])
     assert not np.allclose(reference["lars_1"], inputs["bias"])
