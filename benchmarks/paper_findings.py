@@ -37,7 +37,6 @@ import contextlib
 import datetime
 import importlib.metadata
 import io
-import json
 import os
 import pathlib
 import platform
@@ -80,8 +79,8 @@ def parse_args(argv):
     p.add_argument("--smoke", action="store_true",
                    help="every part (or --part) at a tiny size on synthetic data: the plumbing")
     p.add_argument("--work-dir", default=None,
-                   help=f"where the runs go, reused by a rerun (default {WORK_DIR.relative_to(ROOT)}"
-                        f", or ..._smoke)")
+                   help=f"where the runs go, reused by a rerun (default "
+                        f"{WORK_DIR.relative_to(ROOT)}, or ..._smoke)")
     p.add_argument("--out", default=None, help="results folder (default benchmarks/results; "
                    "--smoke: WORK_DIR/results)")
     p.add_argument("--report", action="store_true",
@@ -267,8 +266,8 @@ def print_findings(result):
         print(f"{verdict} {f['id']} {f['claim']}")
         for c in f["conditions"] + f["notes"]:
             stderr = "one run" if c["stderr"] is None else f"{100 * c['stderr']:.2f}"
-            print(f"    {c['text']}: {100 * c['difference']:+.2f} +- {stderr} points"
-                  f"{'' if c in f['notes'] else (' (holds)' if c['holds'] else ' (does not hold)')}")
+            verdict = "" if c in f["notes"] else (" (holds)" if c["holds"] else " (does not hold)")
+            print(f"    {c['text']}: {100 * c['difference']:+.2f} +- {stderr} points{verdict}")
 
 
 def longer(args, part, result):

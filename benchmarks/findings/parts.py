@@ -103,7 +103,8 @@ class Context:
 
     def finetune(self, pre, pct, seed, layer=1, epochs=None):
         return self.runner.run(
-            "finetune", f"finetune{pct}_layer{layer}_{pre.name}_s{seed}", checkpoint=str(pre.directory),
+            "finetune", f"finetune{pct}_layer{layer}_{pre.name}_s{seed}",
+            checkpoint=str(pre.directory),
             label_fraction=pct / 100, label_seed=seed, seed=seed, ft_proj_selector=layer,
             global_batch_size=self.sizes.supervised_batch,
             train_steps=self._supervised_steps(pct, epochs))
