@@ -1,4 +1,4 @@
-"""Step counts that fit a time budget: the one planner of the main job and the benchmarks.
+"""Step counts that fit a time budget: the main job's planner for `--budget-minutes`.
 
 A plan is a step count per kind of training run (pretraining, fine-tuning, ...). Its time is
 modelled as a fixed part (building, tracing, evaluating, reading data: the same whatever the
