@@ -65,15 +65,8 @@ class ExportGraph:
         self.has_projection = bool(config.include_projection_head)
         head = finetune_variable_paths(config) if self.has_logits else ()
 
-        def snapshot(v, trainable):
-            return tf.Variable(v.numpy(), trainable=trainable, name=v.path.replace("/", "__"))
-
-        self.trainable = [snapshot(v, v.path.startswith(head) and v.trainable)
-                          for v in model.trainable_variables]
-        self.non_trainable = [snapshot(v, False) for v in model.non_trainable_variables]
-        self._snapshot = {id(v): s for v, s in zip(
-            model.trainable_variables + model.non_trainable_variables,
-            self.trainable + self.non_trainable)}
+        self._head = head
+        self._variables = None  # the snapshot, taken when a format first needs it
         self.head_paths = sorted(v.path for v in model.trainable_variables
                                  if v.path.startswith(head) and v.trainable) if head else []
         self.images_spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32,
@@ -97,13 +90,46 @@ class ExportGraph:
                 input_signature=[self.images_spec], autograph=False)
         self.functions, self.skipped = self._functions()
 
+    def _snapshot_variables(self):
+        """(trainable, non-trainable, {id(Keras variable): snapshot}): a copy of every weight,
+        made once, by the first format that traces a function (a .keras-only export never
+        holds it)."""
+        import tensorflow as tf
+
+        if self._variables is None:
+            model, head = self.model, self._head
+
+            def snapshot(v, trainable):
+                return tf.Variable(v.numpy(), trainable=trainable,
+                                   name=v.path.replace("/", "__"))
+
+            # Out of any function being traced: the first trace is what asks for them.
+            with tf.init_scope():
+                trainable = [snapshot(v, v.path.startswith(head) and v.trainable)
+                             for v in model.trainable_variables]
+                non_trainable = [snapshot(v, False) for v in model.non_trainable_variables]
+            by_id = {id(v): s for v, s in zip(
+                model.trainable_variables + model.non_trainable_variables,
+                trainable + non_trainable)}
+            self._variables = (trainable, non_trainable, by_id)
+        return self._variables
+
+    @property
+    def trainable(self):
+        return self._snapshot_variables()[0]
+
+    @property
+    def non_trainable(self):
+        return self._snapshot_variables()[1]
+
     def run(self, sub, images):
         """The float32 outputs of `sub`, a Keras model on this model's layers, computed with the
         snapshot's variables."""
         import tensorflow as tf
 
-        trainable = [self._snapshot[id(v)] for v in sub.trainable_variables]
-        non_trainable = [self._snapshot[id(v)] for v in sub.non_trainable_variables]
+        by_id = self._snapshot_variables()[2]
+        trainable = [by_id[id(v)] for v in sub.trainable_variables]
+        non_trainable = [by_id[id(v)] for v in sub.non_trainable_variables]
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="The structure of `inputs`")
             out, _ = sub.stateless_call(trainable, non_trainable, images, training=False)
