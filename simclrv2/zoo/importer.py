@@ -268,8 +268,12 @@ def _run_original(saved_model_dir, images):
     try:
         module = tf.saved_model.load(os.fspath(saved_model_dir))
     except (tf.errors.OpError, IndexError) as e:
+        # A variables file cut short reads as IndexError ("Read less bytes than requested") or
+        # DataLossError; other damage (the graph) as another OpError.
+        cut_short = isinstance(e, (IndexError, tf.errors.DataLossError))
+        what = "can't read the variables of" if cut_short else "can't load"
         raise official_format.NotAnOfficialSavedModel(
-            f"can't load {saved_model_dir}: {e}; {official_format._DAMAGED}") from e
+            f"{what} {saved_model_dir}: {e}; {official_format._DAMAGED}") from e
     try:
         out = module(tf.constant(images), trainable=False)
         return {k: np.array(v) for k, v in out.items()}
