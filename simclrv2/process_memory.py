@@ -14,6 +14,13 @@ a big process would read as big). `release` runs the garbage collector (Keras mo
 reference cycles) and asks glibc to return the free pages of its heaps: TensorFlow frees a
 loaded SavedModel's variables into malloc's arenas, which otherwise keep them, and the next model
 built would add to the peak instead of reusing them.
+
+`use_releasing_allocator` also pins glibc's mmap threshold. glibc raises that threshold to the size
+of every mmapped block freed (up to 32 MB), so once a big tensor is freed, the next ones of its
+size come from the heap instead, where a freed block stays resident until a trim and blocks of
+different sizes fragment it: assigning a model's weights one variable at a time then left the
+previous buffers resident beside the new ones. With the threshold pinned, a block of a megabyte
+or more is its own mapping and goes back to the system when it is freed.
 """
 
 from __future__ import annotations
@@ -26,6 +33,18 @@ import re
 import sys
 
 ONEDNN_SWITCH = "TF_ENABLE_ONEDNN_OPTS"
+
+
+M_MMAP_THRESHOLD = -3  # mallopt's parameter number in glibc's malloc.h
+MMAP_THRESHOLD_BYTES = 1 << 20
+
+
+def _libc():
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
 
 
 def _status_bytes(field):
@@ -51,20 +70,30 @@ def rss_bytes():
 def release():
     """Collects garbage and returns free heap memory to the system (glibc's malloc_trim)."""
     gc.collect()
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        if libc is not None and hasattr(libc, "malloc_trim"):
-            libc.malloc_trim(0)
-    except OSError:  # no glibc (musl, macOS): the collector's work is all there is
-        pass
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+    # without glibc (musl, macOS) the collector's work is all there is
 
 
 def use_releasing_allocator():
     """Before TensorFlow is imported: CPU tensors freed go back to the system (see above).
     Returns whether it took effect (False once TensorFlow is imported, or when the variable is
-    set already)."""
+    set already). glibc's mmap threshold is pinned either way (see above)."""
+    pin_mmap_threshold()
     if "tensorflow" in sys.modules or ONEDNN_SWITCH in os.environ:
         return False
     os.environ[ONEDNN_SWITCH] = "0"
     return True
+
+
+def pin_mmap_threshold(nbytes=MMAP_THRESHOLD_BYTES):
+    """Blocks of `nbytes` or more get their own mapping, returned to the system when freed (the
+    threshold no longer follows the blocks freed: see above). An explicit MALLOC_MMAP_THRESHOLD_
+    is kept. Returns whether it took effect (False without glibc)."""
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mallopt"):
+        return False
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, int(nbytes)))
