@@ -36,3 +36,17 @@ def test_a_pretrained_model_gets_no_logit_signatures():
     assert set(graph.skipped) == set(signatures.LOGIT_SIGNATURES)
     assert all("no supervised head" in why for why in graph.skipped.values())
     assert graph.head_paths == [] and not any(v.trainable for v in graph.trainable)
+
+
+def test_export_variables_share_the_models_storage_under_their_own_names_and_flags():
+    model = zoo.build("r18_0.125x_sk0", input_shape=(32, 32, 3), num_classes=3)
+    graph = signatures.ExportGraph(model, 32, 1.0)
+    views = {v.name.split(":")[0]: v for v in graph.trainable + graph.non_trainable}
+    assert views["head_supervised__kernel"].trainable and graph.head_paths
+    stem = next(v for v in model.variables if v.path == "stem/conv1/kernel")
+    view = views["stem__conv1__kernel"]
+    assert not view.trainable  # the backbone: frozen in the SavedModel, trainable in Keras
+    # A view, not a copy: what the model holds is what the export reads.
+    stem.assign(np.full(stem.shape, 0.25, np.float32))
+    np.testing.assert_array_equal(view.numpy(), np.full(stem.shape, 0.25, np.float32))
+    assert len(views) == len(model.variables)

@@ -111,6 +111,12 @@ def _export(model, out, options: ExportOptions, started) -> dict:
     graph = ExportGraph(keras_model, image_size, options.temperature)
     report = _report(keras_model, image_size, options, source, graph)
 
+    # What the checks need of the model, computed now: the model (and every function on its
+    # weights) is let go before the artifacts are loaded back to be checked.
+    expectations = verification.Expectations(keras_model, image_size, options.temperature)
+    reference = (None if check_images is None
+                 else verification.reference_outputs(keras_model, check_images.check))
+
     out.parent.mkdir(parents=True, exist_ok=True)
     stale = output_dir.remove_stale_temporaries(out.parent)
     with output_dir.staging(out, options.overwrite) as tmp:
@@ -126,9 +132,16 @@ def _export(model, out, options: ExportOptions, started) -> dict:
             process_memory.release()
         if "keras" in options.formats:
             keras_file.write_keras_file(keras_model, tmp / keras_file.FILE)
-        report["verification"] = verification.verify(tmp, options.formats, keras_model,
-                                                      image_size, options.temperature)
-        _check_on_images(tmp, graph, options, check_images, report)
+        if options.quantize and "tflite" in options.formats:
+            # The one int8 model made from the graph, not from a file: made while it is held.
+            report["tflite"]["int8"] = tflite_int8.quantize_tflite_int8(
+                graph, tmp / tflite.INT8_FILE, check_images, reference["logits"],
+                float(options.max_int8_drop))
+            report["tflite"]["int8"]["calibration"] = check_images.description
+        del graph, keras_model  # held by the caller still, when it passed a model object
+        process_memory.release()
+        report["verification"] = verification.verify(tmp, options.formats, expectations)
+        _check_on_images(tmp, options, check_images, reference, report)
         report["exported_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec="seconds")
         report["export_wall_s"] = round(time.monotonic() - started, 2)
@@ -234,14 +247,15 @@ def _write_onnx_and_openvino(graph, tmp, formats, report):
         report["openvino"] = openvino.write_openvino(tmp / onnx.FILE, tmp / openvino.DIRECTORY)
 
 
-def _check_on_images(tmp, graph, options, images, report):
-    """OpenVINO at its default precision, then each int8 model, on the check images against
-    the Keras model; each adds its record to `report` or refuses the export."""
+def _check_on_images(tmp, options, images, reference, report):
+    """OpenVINO at its default precision, then the int8 models made from files, on the check
+    images against the Keras model's outputs on them (`reference`); each adds its record to
+    `report` or refuses the export. (The TFLite int8 model is made and checked before, from
+    the graph.)"""
     report["int8"] = None
     if images is None:
         return
     formats = options.formats
-    reference = verification.reference_outputs(graph.model, images.check)
     if "openvino" in formats:
         report["openvino"]["default_precision"] = openvino.check_default_precision(
             tmp / openvino.DIRECTORY / openvino.FILE, images.check, reference,
@@ -260,10 +274,6 @@ def _check_on_images(tmp, graph, options, images, report):
             folder / openvino.FILE, folder / openvino.INT8_FILE, images, reference["logits"],
             max_drop)
         report["openvino"]["int8"]["calibration"] = images.description
-    if "tflite" in formats:
-        report["tflite"]["int8"] = tflite_int8.quantize_tflite_int8(
-            graph, tmp / tflite.INT8_FILE, images, reference["logits"], max_drop)
-        report["tflite"]["int8"]["calibration"] = images.description
 
 
 def _report(model, image_size, options, source, graph):

@@ -1,5 +1,5 @@
-"""The export's functions: a snapshot of the model's weights and the SavedModel signatures on it,
-with the serving preprocessing of simclrv2.data's evaluation pipeline.
+"""The export's functions: the model's weights as the export's variables and the SavedModel
+signatures on them, with the serving preprocessing of simclrv2.data's evaluation pipeline.
 
 Signatures: serving_default, finetune, distill and serving_bytes (logits; only with a supervised
 head), features, projection (with a projection head) and hidden. See docs/export.md.
@@ -47,12 +47,31 @@ def finetune_variable_paths(config):
     return tuple(prefixes)
 
 
-class ExportGraph:
-    """tf.Variables holding a snapshot of the model's weights, and the tf.functions of the export.
+def export_variable(variable, trainable, name):
+    """A tf.Variable over `variable`'s storage (a Keras variable of the TensorFlow backend) under
+    another name and trainable flag: what the SavedModel records for that weight. TensorFlow
+    fixes a variable's trainable flag when it is created, and the export marks only the
+    fine-tune head trainable; a second variable object on the same resource does that without
+    a second copy of the weights. A variable whose storage can't be shared (a distributed one)
+    is copied."""
+    import tensorflow as tf
+    from tensorflow.python.ops import resource_variable_ops
 
-    The snapshot lets the SavedModel mark exactly the fine-tune head trainable (a Keras variable's
-    tf.Variable keeps the trainable flag it was created with); `run` calls the Keras graph
-    statelessly on these variables, so the functions compute what the Keras model computes.
+    value = variable.value
+    if type(value) is not resource_variable_ops.ResourceVariable:
+        return tf.Variable(variable.numpy(), trainable=trainable, name=name)
+    return resource_variable_ops.BaseResourceVariable(
+        trainable=trainable, shape=value.shape, dtype=value.dtype, handle=value.handle,
+        handle_name=name, unique_id=value._unique_id, in_graph_mode=False)
+
+
+class ExportGraph:
+    """The export's tf.Variables (views of the model's weights: export_variable) and its
+    tf.functions.
+
+    The export variables let the SavedModel mark exactly the fine-tune head trainable (a Keras
+    variable's tf.Variable keeps the trainable flag it was created with); `run` calls the Keras
+    graph statelessly on them, so the functions compute what the Keras model computes.
     """
 
     def __init__(self, model, image_size, temperature):
@@ -66,7 +85,7 @@ class ExportGraph:
         head = finetune_variable_paths(config) if self.has_logits else ()
 
         self._head = head
-        self._variables = None  # the snapshot, taken when a format first needs it
+        self._variables = None  # made when a format first needs them
         self.head_paths = sorted(v.path for v in model.trainable_variables
                                  if v.path.startswith(head) and v.trainable) if head else []
         self.images_spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32,
@@ -90,24 +109,25 @@ class ExportGraph:
                 input_signature=[self.images_spec], autograph=False)
         self.functions, self.skipped = self._functions()
 
-    def _snapshot_variables(self):
-        """(trainable, non-trainable, {id(Keras variable): snapshot}): a copy of every weight,
-        made once, by the first format that traces a function (a .keras-only export never
-        holds it)."""
+    def _export_variables(self):
+        """(trainable, non-trainable, {id(Keras variable): export variable}): every weight as a
+        tf.Variable of the export's own name and trainable flag, made once, by the first format
+        that traces a function. Each is a second view of the Keras variable's storage, not a
+        copy (an export holds the weights once), so the model must not change while it is
+        exported: `export_model` owns it until it returns."""
         import tensorflow as tf
 
         if self._variables is None:
             model, head = self.model, self._head
 
-            def snapshot(v, trainable):
-                return tf.Variable(v.numpy(), trainable=trainable,
-                                   name=v.path.replace("/", "__"))
+            def view(v, trainable):
+                return export_variable(v, trainable, name=v.path.replace("/", "__"))
 
             # Out of any function being traced: the first trace is what asks for them.
             with tf.init_scope():
-                trainable = [snapshot(v, v.path.startswith(head) and v.trainable)
+                trainable = [view(v, v.path.startswith(head) and v.trainable)
                              for v in model.trainable_variables]
-                non_trainable = [snapshot(v, False) for v in model.non_trainable_variables]
+                non_trainable = [view(v, False) for v in model.non_trainable_variables]
             by_id = {id(v): s for v, s in zip(
                 model.trainable_variables + model.non_trainable_variables,
                 trainable + non_trainable)}
@@ -116,18 +136,18 @@ class ExportGraph:
 
     @property
     def trainable(self):
-        return self._snapshot_variables()[0]
+        return self._export_variables()[0]
 
     @property
     def non_trainable(self):
-        return self._snapshot_variables()[1]
+        return self._export_variables()[1]
 
     def run(self, sub, images):
         """The float32 outputs of `sub`, a Keras model on this model's layers, computed with the
-        snapshot's variables."""
+        export variables."""
         import tensorflow as tf
 
-        by_id = self._snapshot_variables()[2]
+        by_id = self._export_variables()[2]
         trainable = [by_id[id(v)] for v in sub.trainable_variables]
         non_trainable = [by_id[id(v)] for v in sub.non_trainable_variables]
         with warnings.catch_warnings():

@@ -1,7 +1,11 @@
 """Every exported artifact against the Keras model it came from, on a probe batch: each
 SavedModel signature as TF Serving calls it, each output of model.onnx (onnxruntime), of the
 OpenVINO model run at float32 and of model.tflite (LiteRT), the reloaded .keras. An output
-further than RTOL from the Keras model's fails the export before anything is written."""
+further than RTOL from the Keras model's fails the export before anything is written.
+
+The Keras model's outputs are computed first (`expectations`), so that the export can let the
+model go before it loads each artifact to check it (`verify`): a big model is then held once,
+not twice."""
 
 from __future__ import annotations
 
@@ -60,11 +64,12 @@ def reference_outputs(model, images, batch=50):
     return {k: np.concatenate(v) for k, v in chunks.items()}
 
 
-def expected_outputs(model, images, bytes_images, temperature):
-    """{signature: {output: reference array}} from the Keras model itself."""
+def expected_outputs(model, images, bytes_images, temperature, out=None):
+    """{signature: {output: reference array}} from the Keras model itself (`out`: its outputs on
+    `images`, when computed already)."""
     from simclrv2.zoo.resnet import BACKBONE_ENDPOINTS
 
-    out = _keras_outputs(model, images)
+    out = _keras_outputs(model, images) if out is None else out
     expected = {"features": {"final_avg_pool": out["final_avg_pool"]},
                 "hidden": {k: out[k] for k in BACKBONE_ENDPOINTS if k in out}}
     if "proj_head_output" in out:
@@ -93,16 +98,28 @@ def _compare(got, expected, what):
     return diffs
 
 
-def verify(directory, formats, model, image_size, temperature, seed=0) -> dict:
+class Expectations:
+    """The probe inputs and the Keras model's outputs on them: all `verify` needs of the model."""
+
+    def __init__(self, model, image_size, temperature, seed=0):
+        self.images, self.encoded, bytes_images = probe_inputs(image_size, seed)
+        self.keras = _keras_outputs(model, self.images)  # every endpoint, for the .keras file
+        self.expected = expected_outputs(model, self.images, bytes_images, temperature,
+                                         self.keras)
+        self.temperatures = sorted({*DISTILL_PROBE_TEMPERATURES, float(temperature)})
+
+
+def verify(directory, formats, expectations: Expectations) -> dict:
     """config.json's "verification": the relative difference of every output of every format
-    written in `directory`; raises VerificationError when one exceeds RTOL."""
-    images, encoded, bytes_images = probe_inputs(image_size, seed)
-    expected = expected_outputs(model, images, bytes_images, temperature)
-    temperatures = sorted({*DISTILL_PROBE_TEMPERATURES, float(temperature)})
+    written in `directory` from the Keras model's (`expectations`); raises VerificationError
+    when one exceeds RTOL."""
+    images, expected = expectations.images, expectations.expected
     figures = {}
     if "savedmodel" in formats:
-        got = saved_model.run_saved_model(directory / saved_model.DIRECTORY, images, encoded, temperatures)
+        got = saved_model.run_saved_model(directory / saved_model.DIRECTORY, images,
+                                          expectations.encoded, expectations.temperatures)
         figures["saved_model"] = _compare(got, expected, "SavedModel")
+        del got
         process_memory.release()  # the loaded SavedModel's copy of the weights
     # model.onnx, the OpenVINO model and model.tflite share one set of outputs and names.
     flat = {**expected.get("serving_default", {}), **expected["features"],
@@ -119,8 +136,8 @@ def verify(directory, formats, model, image_size, temperature, seed=0) -> dict:
             process_memory.release()
     if "keras" in formats:
         out = _keras_outputs(keras_file.read_keras_file(directory / keras_file.FILE), images)
-        ref = _keras_outputs(model, images)
-        figures["keras"] = {k: rel_diff(out.get(k, np.zeros(0)), v) for k, v in ref.items()}
+        figures["keras"] = {k: rel_diff(out.get(k, np.zeros(0)), v)
+                            for k, v in expectations.keras.items()}
         process_memory.release()
     bad = [(fmt, k, v) for fmt, d in figures.items() for k, v in d.items() if not v <= RTOL]
     if bad:
