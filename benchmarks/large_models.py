@@ -5,6 +5,7 @@ once per format (savedmodel, onnx, keras) and onnxruntime at batch 1 on the expo
 
     nice -n 10 python benchmarks/large_models.py                    # r152_3x_sk1, 64 px
     python benchmarks/large_models.py --arch r50_1x_sk1 --quick     # a smoke run
+    python benchmarks/large_models.py --skip export_onnx            # steps left out, by name
 
 Each step runs in a process of its own and reports its own peak resident memory (VmHWM, its
 high-water mark since exec; ru_maxrss would carry the parent's over), its resident memory once
@@ -156,10 +157,18 @@ def main():
     parser.add_argument("--quick", action="store_true", help="results not written")
     parser.add_argument("--max-rss-gb", type=float, default=11.0,
                         help="kill a step whose resident memory passes this (default 11)")
+    parser.add_argument("--skip", default="",
+                        help="steps not to run, comma-separated (e.g. export_onnx; "
+                             "onnxruntime_batch1 needs it)")
     parser.add_argument("--step", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.step:
         return _child(args)
+    skip = {name for name in args.skip.split(",") if name}
+    unknown = skip - set(_steps(argparse.Namespace(reuse=False)))
+    if unknown:
+        parser.error(f"--skip: no step named {', '.join(sorted(unknown))}; the steps are "
+                     f"{', '.join(_steps(argparse.Namespace(reuse=False)))}")
 
     from simclrv2.zoo.param_count import weight_bytes
 
@@ -183,6 +192,11 @@ def main():
     failed = set()
     for step in _steps(args):
         if step == "onnxruntime_batch1" and "export_onnx" in failed:
+            continue
+        if step in skip:
+            say(f"{step:<20} skipped (--skip)")
+            results.append({"step": step, "skipped": True})
+            failed.add(step)
             continue
         done, killed_at = _run_watched(
             [sys.executable, __file__, "--step", step, "--arch", args.arch, "--image-size",
