@@ -53,10 +53,10 @@ $(BACKENDS_STAMP): $(STAMP)
 	$(PYTHON) -m pip install -q $(TORCH_PIP_ARGS) -e ".[backends]"
 	touch $(BACKENDS_STAMP)
 
-# (`make test` runs the JAX tests already; here the ones that need PyTorch.)
+# The tests marked `backends` (JAX's and PyTorch's), which `make test` and Bazel skip.
 test-backends: setup $(BACKENDS_STAMP)
-	$(PYTHON) -m pytest -q -k torch tests/test_zoo_backends.py tests/test_benchmark_gpu.py \
-	  tests/test_recipes_portable_objectives.py $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -q --backends -m backends tests/test_zoo_backends.py \
+	  tests/test_benchmark_gpu.py tests/test_recipes_portable_objectives.py $(PYTEST_ARGS)
 
 test-all: setup
 	$(PYTHON) -m pytest -q --runslow $(PYTEST_ARGS)

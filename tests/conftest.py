@@ -1,5 +1,5 @@
-"""Shared test set-up: quiet TensorFlow, threads sized for 2 cores, the `slow` marker, and what
-the resume tests compare (a run's latest checkpoint, value by value)."""
+"""Shared test set-up: quiet TensorFlow, threads sized for 2 cores, the `slow` and `backends`
+markers, and what the resume tests compare (a run's latest checkpoint, value by value)."""
 
 import os
 import pathlib
@@ -16,6 +16,9 @@ OFFICIAL_FORMAT_DIR = REPO_ROOT / "tests" / "data" / "official_format"
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False,
                      help="also run tests marked slow (minutes each)")
+    parser.addoption("--backends", action="store_true", default=False,
+                     help="also run the tests of Keras's JAX and PyTorch backends (marked "
+                          "backends): `make test-backends`")
 
 
 def pytest_configure(config):
@@ -30,12 +33,14 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    if config.getoption("--runslow"):
-        return
     skip_slow = pytest.mark.skip(reason="slow: run with `make test-all` (pytest --runslow)")
+    skip_backends = pytest.mark.skip(reason="another Keras backend: run with `make test-backends` "
+                                            "(pytest --backends)")
     for item in items:
-        if "slow" in item.keywords:
+        if "slow" in item.keywords and not config.getoption("--runslow"):
             item.add_marker(skip_slow)
+        if "backends" in item.keywords and not config.getoption("--backends"):
+            item.add_marker(skip_backends)
 
 
 @pytest.fixture(autouse=True)

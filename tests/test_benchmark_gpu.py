@@ -11,6 +11,8 @@ import pytest
 
 from conftest import REPO_ROOT
 
+pytestmark = pytest.mark.backends  # `make test-backends`
+
 SCRIPT = REPO_ROOT / "benchmarks" / "gpu.py"
 TINY = ["--quick", "--models", "r18_0.125x_sk1", "--image-size", "32"]
 MEASURES = ("inference_images_s", "finetune_images_s", "pretrain_pairs_s")

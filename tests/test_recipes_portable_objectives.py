@@ -175,6 +175,7 @@ def test_values_are_not_trivial(reference):
     assert list(np.argmax(reference["labels"], axis=1)) == [4, 5, 6, 7]
 
 
+@pytest.mark.backends
 @pytest.mark.parametrize("backend, module", [("jax", "jax"), ("torch", "torch")])
 def test_losses_and_lars_agree_with_tensorflow(tmp_path, reference, backend, module):
     pytest.importorskip(module)
@@ -188,6 +189,7 @@ def test_losses_and_lars_agree_with_tensorflow(tmp_path, reference, backend, mod
                                    err_msg=f"{backend}: {key}")
 
 
+@pytest.mark.backends
 @pytest.mark.parametrize("backend, module", [("jax", "jax"), ("torch", "torch")])
 def test_twenty_pretraining_steps_lower_the_loss(tmp_path, backend, module):
     pytest.importorskip(module)
@@ -198,6 +200,7 @@ def test_twenty_pretraining_steps_lower_the_loss(tmp_path, backend, module):
     assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.05, losses
 
 
+@pytest.mark.backends
 def test_jax_data_parallel_negatives_span_every_device(tmp_path):
     pytest.importorskip("jax")
     stdout = run_child(tmp_path, "jax", DATA_PARALLEL,
@@ -243,6 +246,7 @@ print("FIT " + json.dumps({
 '''
 
 
+@pytest.mark.backends
 def test_keras_fit_on_jax_from_the_data_pipelines(tmp_path):
     pytest.importorskip("jax")
     script = tmp_path / "fit.py"

@@ -118,6 +118,7 @@ def run_backend(tensorflow_cases, backend):
     return report
 
 
+@pytest.mark.backends
 def test_torch_backend_loads_the_files_as_torch_modules(tensorflow_cases):
     pytest.importorskip("torch")
     report = run_backend(tensorflow_cases, "torch")
@@ -131,6 +132,7 @@ def test_torch_backend_loads_the_files_as_torch_modules(tensorflow_cases):
     assert loop["state_dict_round_trip"] == 0.0, loop
 
 
+@pytest.mark.backends
 def test_jax_backend_runs_the_files_under_jit(tensorflow_cases):
     pytest.importorskip("jax")
     report = run_backend(tensorflow_cases, "jax")
@@ -156,6 +158,7 @@ def docs_code(page, backend):
     return "\n".join(blocks)
 
 
+@pytest.mark.backends
 @pytest.mark.parametrize("page, backend, module", [("pytorch.md", "torch", "torch"),
                                                   ("jax.md", "jax", "jax")])
 def test_docs_pages_run_on_their_backend(tensorflow_cases, tmp_path, page, backend, module):
@@ -186,6 +189,7 @@ np.save("logits.npy", keras.ops.convert_to_numpy(model(images, training=False)["
 '''
 
 
+@pytest.mark.backends
 def test_a_model_fine_tuned_on_jax_exports_like_any_other(tensorflow_cases, tmp_path):
     pytest.importorskip("jax")
     from simclrv2.export import export_model
