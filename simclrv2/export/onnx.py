@@ -14,6 +14,7 @@ import warnings
 
 import numpy as np
 
+from simclrv2 import process_memory
 from simclrv2.export.errors import ExportError
 
 FILE = "model.onnx"
@@ -202,6 +203,9 @@ def write_onnx(graph, path, metadata, large=None):
         proto, storage = tf2onnx.convert.from_function(
             onnx_function(graph), input_signature=[graph.images_spec], opset=ONNX_OPSET,
             large_model=True)
+    # tf2onnx's graphs hold reference cycles, each with a copy of the weights: collected now,
+    # before the protobuf is checked and serialised beside them.
+    process_memory.release()
     # tf2onnx names the batch dimension after the TF tensor (unk__N); a plain name documents it.
     for value in list(proto.graph.input) + list(proto.graph.output):
         dim = value.type.tensor_type.shape.dim
