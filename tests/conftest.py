@@ -65,3 +65,33 @@ def checkpoint_values(model_dir):
     reader = tf.train.load_checkpoint(path)
     return path, {name: reader.get_tensor(name) for name, _ in tf.train.list_variables(path)
                   if "save_counter" not in name and not name.startswith("_CHECKPOINTABLE")}
+
+
+# A simclrv2 command in a process of its own: its runtime (TensorFlow, Keras, simclrv2 imported, no
+# weight yet), then its peak (VmHWM, that process's own high-water mark since its exec; ru_maxrss
+# would carry over the test process's peak through fork and exec).
+_PEAK_OF_COMMAND = """
+import importlib, sys
+from simclrv2 import process_memory
+process_memory.use_releasing_allocator()  # what the command does before TensorFlow is imported
+import keras, tensorflow, simclrv2.zoo  # noqa
+runtime = process_memory.rss_bytes()
+module, function = sys.argv[1].rsplit(".", 1)
+getattr(importlib.import_module(module), function)(sys.argv[2:])
+print(runtime, process_memory.peak_rss_bytes())
+"""
+
+
+def peak_above_runtime(main, argv):
+    """Bytes the command `main` ("module.function") held at its peak above its runtime, run on
+    `argv` in a fresh interpreter without an inherited TF_ENABLE_ONEDNN_OPTS."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    done = subprocess.run([sys.executable, "-c", _PEAK_OF_COMMAND, main, *map(str, argv)],
+                          capture_output=True, text=True,
+                          env=dict(env, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert done.returncode == 0, done.stderr[-3000:]
+    runtime, peak = map(int, done.stdout.split()[-2:])
+    return peak - runtime

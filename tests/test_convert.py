@@ -204,39 +204,19 @@ def test_convert_end_to_end_with_real_importer(capsys, tmp_path):
     assert out_file.is_file()
 
 
-# The peak of `simclrv2 convert` in its own process: VmHWM, that process's own high-water mark
-# since its exec (ru_maxrss would carry over the test process's peak through fork and exec);
-# the runtime (TensorFlow, Keras, simclrv2 imported, no weight yet) measured there first.
-PEAK_OF_CONVERT = """
-import sys
-from simclrv2 import process_memory
-process_memory.use_releasing_allocator()  # what convert_main does before TensorFlow is imported
-import keras, tensorflow, simclrv2.zoo  # noqa
-runtime = process_memory.rss_bytes()
-from simclrv2.convert import convert_main
-convert_main(sys.argv[1:])
-print(runtime, process_memory.peak_rss_bytes())
-"""
 MEMORY_MODEL = dict(depth=50, width=2, sk=False)  # r50_2x_sk0: 0.51 GB of float32 weights
 
 
 def test_convert_peak_memory_stays_within_twice_the_weights(tmp_path):
-    import os
-    import subprocess
-
+    from conftest import peak_above_runtime
     from official_format_writer import write_official_saved_model
     from simclrv2.zoo.param_count import weight_bytes
 
     saved_model = write_official_saved_model(tmp_path / "sm", cifar_stem=False, num_classes=10,
                                              traced=(False,), **MEMORY_MODEL)
-    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
-    done = subprocess.run(
-        [sys.executable, "-c", PEAK_OF_CONVERT, "--saved-model", str(saved_model), "--out",
-         str(tmp_path / "m.keras"), "--input-size", "64"],
-        capture_output=True, text=True, env=dict(env, PYTHONPATH=os.pathsep.join(sys.path)))
-    assert done.returncode == 0, done.stderr[-3000:]
-    runtime, peak = map(int, done.stdout.split()[-2:])
+    held = peak_above_runtime("simclrv2.convert.convert_main", [
+        "--saved-model", saved_model, "--out", tmp_path / "m.keras", "--input-size", "64"])
     weights = weight_bytes("r50_2x_sk0", num_classes=10)
     assert (tmp_path / "m.keras").stat().st_size > weights  # the whole model was converted
-    assert peak - runtime <= 2 * weights, (
-        f"convert held {(peak - runtime) / weights:.2f}x the weights above its runtime")
+    assert held <= 2 * weights, (
+        f"convert held {held / weights:.2f}x the weights above its runtime")

@@ -360,40 +360,19 @@ def test_verification_failure_leaves_nothing(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == []
 
 
-# `simclrv2 export` in a process of its own: its runtime (TensorFlow, Keras, simclrv2 imported,
-# no weight yet), then its peak (VmHWM), as test_convert measures the conversion's.
-PEAK_OF_EXPORT = """
-import sys
-from simclrv2 import process_memory
-process_memory.use_releasing_allocator()  # what export_main does before TensorFlow is imported
-import keras, tensorflow, simclrv2.zoo  # noqa
-runtime = process_memory.rss_bytes()
-from simclrv2.export.cli import export_main
-export_main(sys.argv[1:])
-print(runtime, process_memory.peak_rss_bytes())
-"""
-
-
 def test_savedmodel_and_keras_export_holds_the_weights_once(tmp_path):
     """The export reads the weights through views (no second copy for the SavedModel's
     variables) and lets the model go before loading each artifact back to check it: above its
     runtime it stays within the 2.5x bound of docs/export.md (with a copy of the weights and
     the check beside the model it held nearly 4x)."""
-    import subprocess
-    import sys
-
+    from conftest import peak_above_runtime
     from simclrv2.zoo.param_count import weight_bytes
 
     name = "r50_2x_sk0"
     path = tmp_path / "m.keras"
     zoo.build(name, input_shape=(32, 32, 3), num_classes=10).save(path)
-    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
-    done = subprocess.run(
-        [sys.executable, "-c", PEAK_OF_EXPORT, "--model", str(path), "--out",
-         str(tmp_path / "export"), "--formats", "savedmodel,keras"],
-        capture_output=True, text=True, env=dict(env, PYTHONPATH=os.pathsep.join(sys.path)))
-    assert done.returncode == 0, done.stderr[-3000:]
-    runtime, peak = map(int, done.stdout.split()[-2:])
+    held = peak_above_runtime("simclrv2.export.cli.export_main", [
+        "--model", path, "--out", tmp_path / "export", "--formats", "savedmodel,keras"])
     weights = weight_bytes(name, num_classes=10)
-    assert (peak - runtime) <= 2.5 * weights, (
-        f"the export held {(peak - runtime) / weights:.2f}x the weights above its runtime")
+    assert held <= 2.5 * weights, (
+        f"the export held {held / weights:.2f}x the weights above its runtime")
