@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import gc
 import os
 import re
@@ -39,6 +40,7 @@ M_MMAP_THRESHOLD = -3  # mallopt's parameter number in glibc's malloc.h
 MMAP_THRESHOLD_BYTES = 1 << 20
 
 
+@functools.lru_cache(maxsize=None)  # find_library runs ldconfig: once a process
 def _libc():
     name = ctypes.util.find_library("c")
     try:
