@@ -58,6 +58,20 @@ def test_distill_from_a_saved_model_teacher(kind, request, tmp_path, capsys):
     assert result["status"] == "done" and 0.0 <= result["test_top1"] <= 1.0
 
 
+def test_distill_with_the_label_loss_on_a_label_fraction(exported, tmp_path, capsys):
+    """labeled_weight > 0 reads the labels of a class-balanced fraction (saved beside the run)
+    and reports the label loss beside the distillation loss."""
+    result = _run(["distill", f"--teacher={exported}", f"--model-dir={tmp_path / 'd'}",
+                   "--student=r18_0.125x_sk0", "--train-steps=2", "--global-batch-size=64",
+                   "--checkpoint-steps=2", "--labeled-weight=1", "--label-fraction=0.5",
+                   *COMMON], capsys)
+    metrics = result["train_metrics"]
+    assert result["status"] == "done" and metrics["label_loss"] > 0
+    assert metrics["loss"] > metrics["distill_loss"]
+    subset = list((tmp_path / "d").glob("label_subset_0.5_*.txt"))
+    assert len(subset) == 1
+
+
 def test_finetune_from_an_official_saved_model(official, tmp_path, capsys):
     """Fine-tuning needs a Keras model: the official SavedModel is imported into one."""
     result = _run(["finetune", f"--checkpoint={official}", f"--model-dir={tmp_path / 'ft'}",

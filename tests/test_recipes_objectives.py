@@ -93,6 +93,28 @@ def test_distillation_gradient_only_reaches_student():
     assert g_teacher is None and g_student is not None
 
 
+def test_partially_labeled_cross_entropy_is_a_per_image_sum_over_the_labeled_rows():
+    """The label loss of distillation at a label fraction: each labeled row weighs 1/B, as in
+    the paper's sums over the data set, not 1/(labeled rows)."""
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(8, 5)).astype(np.float32)
+    labels = np.array([-1, 2, -1, -1, 4, -1, -1, -1])
+    ce = -_log_softmax(logits.astype(np.float64))[[1, 4], [2, 4]]
+    got = objectives.partially_labeled_cross_entropy(tf.constant(labels), tf.constant(logits))
+    np.testing.assert_allclose(got.numpy(), ce.sum() / 8, rtol=1e-5)
+    all_labeled = np.arange(8) % 5
+    np.testing.assert_allclose(
+        objectives.partially_labeled_cross_entropy(tf.constant(all_labeled), tf.constant(logits)),
+        objectives.supervised_loss(all_labeled, logits, 5), rtol=1e-6)
+    variable = tf.Variable(logits)
+    with tf.GradientTape() as tape:
+        loss = objectives.partially_labeled_cross_entropy(tf.constant(labels), variable)
+    grad = tape.gradient(loss, variable).numpy()
+    assert np.all(grad[labels < 0] == 0) and np.all(np.abs(grad[labels >= 0]).sum(1) > 0)
+    assert float(objectives.partially_labeled_cross_entropy(
+        tf.constant(np.full(8, -1)), tf.constant(logits))) == 0.0
+
+
 def test_knn_weighted_vote():
     bank = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9], [0.2, 0.8]], np.float32)
     bank_labels = np.array([0, 0, 1, 1, 1])

@@ -223,7 +223,8 @@ class DistillConfig(RunConfig):
     teacher: str = ""  # a fine-tuned model_dir, a .keras file or a SavedModel directory
     student: str = "r18_0.25x_sk0"  # a zoo architecture; the teacher's = self-distillation
     temperature: float = 1.0
-    labeled_weight: float = 0.0  # > 0 adds weight * CE(labels, student) on the labeled subset
+    # > 0 adds weight * CE(labels, student) over the labeled subset, per image of the batch
+    labeled_weight: float = 0.0
     label_fraction: float = 1.0
     label_seed: int = 0
     student_proj_head: bool = True

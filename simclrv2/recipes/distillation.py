@@ -70,16 +70,15 @@ def distill(config) -> dict:
             logits = student(images, training=True)["logits_sup"]
             dist = objectives.distillation_loss(target, logits, config.temperature)
             loss = dist + optim.l2_regularization(config.optimizer, config.weight_decay, variables)
+            monitors = {"distill_loss": dist}
             if config.labeled_weight > 0:
-                mask = tf.cast(labels >= 0, tf.float32)
-                ce = tf.nn.sparse_softmax_cross_entropy_with_logits(
-                    tf.maximum(tf.cast(labels, tf.int32), 0), tf.cast(logits, tf.float32))
-                loss += config.labeled_weight * tf.reduce_sum(ce * mask) / tf.maximum(
-                    tf.reduce_sum(mask), 1.0)
+                label_loss = objectives.partially_labeled_cross_entropy(labels, logits)
+                loss += config.labeled_weight * label_loss
+                monitors["label_loss"] = label_loss
             scaled = weight_updates.scaled(optimizer, loss, replicas)
         weight_updates.apply(tape, optimizer, [(scaled, variables)])
         agreement = objectives.top1_accuracy(logits, tf.argmax(target, 1))
-        return {"loss": loss, "distill_loss": dist, "teacher_agreement": agreement}
+        return {"loss": loss, **monitors, "teacher_agreement": agreement}
 
     metrics, status, step = engine.train_loop(
         config=config, strategy=strategy, model_dir=model_dir, trackables={"model": student},

@@ -74,6 +74,23 @@ def supervised_loss(labels, logits, num_classes):
         tf.nn.softmax_cross_entropy_with_logits(onehot, tf.cast(logits, tf.float32)))
 
 
+def partially_labeled_cross_entropy(labels, logits):
+    """Softmax cross-entropy of the examples labeled >= 0, summed and divided by the whole
+    batch's size (the rows labeled -1 count as zero).
+
+    Distillation with labels (the paper's Table 2) sums the label loss over the labeled images
+    and the distillation loss over all of them; per image of a batch that is this sum over the
+    batch size. Dividing by the number of labeled rows instead would give each labeled image the
+    weight of a whole batch at a small label fraction, and its noisy gradient then swamps the
+    teacher's.
+    """
+    labels = tf.cast(labels, tf.int32)
+    mask = tf.cast(labels >= 0, tf.float32)
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(tf.maximum(labels, 0),
+                                                        tf.cast(logits, tf.float32))
+    return tf.reduce_sum(ce * mask) / tf.cast(tf.shape(labels)[0], tf.float32)
+
+
 def distillation_loss(teacher_logits, student_logits, temperature=1.0):
     """tau^2 * CE(softmax(teacher / tau), softmax(student / tau)), averaged over the batch; the
     teacher's side carries no gradient (portable_objectives.distillation_loss)."""
