@@ -235,6 +235,7 @@ def run_part(args, part, mode):
     findings = judge_findings(outcome, test)
     return {
         "part": part, "wall_time_s": round(time.time() - started, 1),
+        "runs_wall_time_s": ctx.runner.runs_wall_time_s(),
         "epochs": outcome.networks, "seeds": ctx.seeds, "findings": findings, "rows": rows,
         "machine": machine(), "versions": versions(),
         "smoke": args.smoke, "stand_in": mode == "stand-in", "choices": outcome.choices,
@@ -324,7 +325,8 @@ def run_parts(args, mode, estimates):
             if hint:
                 print(hint)
                 result["next"] = hint
-            print(f"part {part}: wall time {result['wall_time_s'] / 60:.1f} min")
+            print(f"part {part}: wall time {result['wall_time_s'] / 60:.1f} min; its stage runs "
+                  f"{result['runs_wall_time_s'] / 60:.1f} min in all, reused ones included")
         path = write_result(result, args.out, log_path)
         print(f"written: {path} (+ .log, figures)")
 

@@ -155,6 +155,8 @@ def test_a_killed_part_resumes_with_its_finished_runs_reused(tmp_path):
     assert resumed.stdout.count(" reused ") >= 3
     result = json.loads(next((tmp_path / "results").glob("*.json")).read_text())
     assert result["runs"]["reused"] >= 3 and result["runs"]["new"] > 0
+    # Each stand-in run takes 1 s: the reused runs count in the part's training cost.
+    assert result["runs_wall_time_s"] >= result["runs"]["new"] + 3
 
 
 def test_a_part_over_its_budget_is_refused_in_one_line(bench, capsys, tmp_path):
