@@ -177,10 +177,27 @@ def test_the_plan_prints_every_part_within_its_budget(bench, capsys, tmp_path):
         assert 0 < minutes <= 90, line
 
 
+def test_distill_epochs_set_the_steps_of_every_distillation(bench, tmp_path):
+    """--distill-epochs counts passes over the unlabeled training images at the distillation
+    batch; the planned distillations grow with it (new runs: the step count is hashed)."""
+    args = bench.parse_args(["--part", "widths", "--distill-epochs", "2",
+                             "--work-dir", str(tmp_path)])
+    sizes = bench.sizes_of(args)
+    assert sizes.distill_steps == round(2 * sizes.train_after_validation / sizes.supervised_batch)
+    default = bench.plan(bench.parse_args(["--part", "widths", "--work-dir", str(tmp_path)]),
+                         "widths")[1]
+    longer = bench.plan(args, "widths")[1]
+
+    def distill_steps(text):
+        return int(text.split("distill ")[1].split(" steps")[0].split("/ ")[1].replace(",", ""))
+    assert distill_steps(longer) == 9 * sizes.distill_steps > distill_steps(default)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--part", "nope"], "--part nope: not a part"),
     (["--part", "sk", "--seeds", "1"], "--seeds must be >= 2"),
     (["--part", "sk", "--epochs", "x"], "expected numbers"),
+    (["--part", "widths", "--distill-epochs", "0"], "--distill-epochs must be > 0"),
 ])
 def test_bad_options_are_one_line_and_exit_2(bench, argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:
