@@ -293,7 +293,7 @@ def longer(args, part, result):
     if all(m in DISTILLATION_FINDINGS for m in missed):
         sizes = sizes_of(args)
         epochs = 4 * sizes.distill_steps * sizes.supervised_batch / sizes.train_after_validation
-        option, changed = f"--distill-epochs {epochs:.2g}", {"distill_epochs": epochs}
+        option, changed = f"--distill-epochs {epochs:.3g}", {"distill_epochs": epochs}
     else:
         epochs = epochs_of(args, part)
         doubled = tuple(2 * e for e in epochs) if isinstance(epochs, tuple) else (2 * epochs,)

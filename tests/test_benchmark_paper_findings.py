@@ -193,6 +193,18 @@ def test_distill_epochs_set_the_steps_of_every_distillation(bench, tmp_path):
     assert distill_steps(longer) == 9 * sizes.distill_steps > distill_steps(default)
 
 
+def test_the_lever_printed_for_a_missed_finding(bench, tmp_path):
+    """Distillation findings alone missed: a distillation four times as long; any other: twice
+    the pretraining epochs."""
+    args = bench.parse_args(["--part", "widths", "--work-dir", str(tmp_path)])
+    result = {"findings": [{"id": "F1", "reproduced": True}, {"id": "F6", "reproduced": False}]}
+    sizes = bench.sizes_of(args)
+    epochs = 4 * sizes.distill_steps * sizes.supervised_batch / sizes.train_after_validation
+    assert f"--distill-epochs {epochs:.3g} " in bench.longer(args, "widths", result)
+    result["findings"][0]["reproduced"] = False
+    assert "--epochs 8 " in bench.longer(args, "widths", result)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--part", "nope"], "--part nope: not a part"),
     (["--part", "sk", "--seeds", "1"], "--seeds must be >= 2"),

@@ -120,7 +120,8 @@ class Context:
         return self.runner.run(
             "distill", f"distill_{student}_from_{teacher.name}_lw{labeled_weight:g}",
             teacher=str(teacher.directory), student=student, seed=seed,
-            global_batch_size=self.sizes.supervised_batch, train_steps=self.sizes.distill_steps, labeled_weight=labeled_weight, **extra)
+            global_batch_size=self.sizes.supervised_batch, train_steps=self.sizes.distill_steps,
+            labeled_weight=labeled_weight, **extra)
 
 
 def arch(width, sk=False):
