@@ -131,8 +131,7 @@ def sizes_of(args) -> parts.Sizes:
     changes = {k: getattr(args, k) for k in ("scratch_max_epochs", "finetune_max_epochs")
                if getattr(args, k) is not None}
     if args.distill_epochs is not None:
-        changes["distill_steps"] = max(1, round(
-            args.distill_epochs * sizes.train_after_validation / sizes.supervised_batch))
+        changes["distill_steps"] = sizes.steps_for(args.distill_epochs, sizes.supervised_batch)
     return dataclasses.replace(sizes, **changes)
 
 
@@ -291,8 +290,7 @@ def longer(args, part, result):
     if not missed or args.smoke:
         return None
     if all(m in DISTILLATION_FINDINGS for m in missed):
-        sizes = sizes_of(args)
-        epochs = 4 * sizes.distill_steps * sizes.supervised_batch / sizes.train_after_validation
+        epochs = 4 * sizes_of(args).distill_epochs
         option, changed = f"--distill-epochs {epochs:.3g}", {"distill_epochs": epochs}
     else:
         epochs = epochs_of(args, part)

@@ -42,6 +42,15 @@ class Sizes:
     def train_after_validation(self) -> int:
         return self.train_images - self.validation_examples
 
+    def steps_for(self, epochs, batch) -> int:
+        """Steps of `batch` images that make `epochs` passes over the training images."""
+        return max(1, math.ceil(epochs * self.train_after_validation / batch))
+
+    @property
+    def distill_epochs(self) -> float:
+        """Passes of every distillation over the unlabeled training images."""
+        return self.distill_steps * self.supervised_batch / self.train_after_validation
+
 
 SMOKE = Sizes(dataset="synthetic", image_size=8, train_images=2048, validation_examples=200,
               pretrain_batch=16, micro_batch=16, batches=(16, 32, 64), supervised_batch=16,
@@ -69,13 +78,10 @@ class Context:
         self.seeds, self.widths = list(range(seeds)), tuple(sorted(widths))
         self.networks = {}
 
-    def steps_for(self, epochs, batch) -> int:
-        return max(1, math.ceil(epochs * self.sizes.train_after_validation / batch))
-
     def pretrain(self, label, arch, epochs, batch=None, head_layers=3):
         batch = batch or self.sizes.pretrain_batch
         micro = self.sizes.micro_batch if batch > self.sizes.micro_batch else 0
-        steps = self.steps_for(epochs, batch)
+        steps = self.sizes.steps_for(epochs, batch)
         # Named by what it is, not by the part's label, so that parts share a network.
         ref = self.runner.run(
             "pretrain", f"pretrain_{arch}_b{batch}_n{steps}_h{head_layers}", model=arch,
@@ -96,9 +102,9 @@ class Context:
 
     def _supervised_steps(self, pct, epochs=None):
         if epochs is not None:
-            return self.steps_for(epochs * pct / 100, self.sizes.supervised_batch)
+            return self.sizes.steps_for(epochs * pct / 100, self.sizes.supervised_batch)
         if pct == 100:
-            return self.steps_for(self.sizes.full_label_epochs, self.sizes.supervised_batch)
+            return self.sizes.steps_for(self.sizes.full_label_epochs, self.sizes.supervised_batch)
         return self.sizes.finetune_steps[pct]
 
     def finetune(self, pre, pct, seed, layer=1, epochs=None):
