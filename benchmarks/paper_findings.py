@@ -1,8 +1,8 @@
 """The SimCLRv2 paper's findings in miniature, on Fashion-MNIST, at equal epochs, over seeds.
 
     python benchmarks/paper_findings.py --plan                 # every part's steps and minutes
-    python benchmarks/paper_findings.py --part widths          # F1, F6, F7 (one part: <= 90 min)
-    python benchmarks/paper_findings.py --part sk|supervised|head|distill|batch
+    python benchmarks/paper_findings.py --part widths          # F1 (one part: <= 90 min)
+    python benchmarks/paper_findings.py --part students|sk|supervised|head|distill|batch
     python benchmarks/paper_findings.py --report               # all findings, newest run of each
     python benchmarks/paper_findings.py --smoke                # every part at a tiny size
 
@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from findings import costs, parts, plots, report, stats  # noqa: E402
-from findings.runs import Runner  # noqa: E402
+from findings.runs import Runner, StageStopped  # noqa: E402
 
 BUDGET_MINUTES = 90.0
 WORK_DIR = ROOT / "runs" / "paper_findings"
@@ -74,8 +74,8 @@ def parse_args(argv):
                    help="supervised part: the longest fine-tuning run on 100%% (default 4)")
     p.add_argument("--distill-epochs", type=float, default=None,
                    help="epochs of every distillation over the unlabeled training images "
-                        "(default: 480 steps of 64, about 0.56; the paper's lever where "
-                        "self-distillation or a small student falls short)")
+                        "(default: the students part 2.2, the others 480 steps of 64, about "
+                        "0.56; the paper's lever where a student falls short)")
     p.add_argument("--budget-minutes", type=float, default=BUDGET_MINUTES,
                    help="refuse a part estimated over this on the reference host (default 90)")
     p.add_argument("--plan", action="store_true",
@@ -89,9 +89,11 @@ def parse_args(argv):
                    "--smoke: WORK_DIR/results)")
     p.add_argument("--report", action="store_true",
                    help="merge the newest JSON of each part in --out into one table")
-    # For the tests: made-up results without training, and a kill after N new runs.
+    # For the tests: made-up results without training, a kill after N new runs, and the Nth
+    # new run ending as a stage stopped by SIGTERM does.
     p.add_argument("--stand-in", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--stop-after-runs", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--preempt-after-runs", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     try:
         args.widths = tuple(sorted(float(w) for w in args.widths.split(",")))
@@ -124,20 +126,23 @@ def parse_args(argv):
     return args
 
 
-def sizes_of(args) -> parts.Sizes:
+def sizes_of(args, part) -> parts.Sizes:
     import dataclasses
 
     sizes = parts.SMOKE if args.smoke else parts.Sizes()
     changes = {k: getattr(args, k) for k in ("scratch_max_epochs", "finetune_max_epochs")
                if getattr(args, k) is not None}
-    if args.distill_epochs is not None:
-        changes["distill_steps"] = sizes.steps_for(args.distill_epochs, sizes.supervised_batch)
+    distill_epochs = args.distill_epochs
+    if distill_epochs is None and not args.smoke:
+        distill_epochs = parts.PARTS[part].distill_epochs
+    if distill_epochs is not None:
+        changes["distill_steps"] = sizes.steps_for(distill_epochs, sizes.supervised_batch)
     return dataclasses.replace(sizes, **changes)
 
 
 def epochs_of(args, part):
     """The part's pretraining epochs: a number, or the batch part's levels (a tuple)."""
-    default = parts.PARTS[part][1]
+    default = parts.PARTS[part].epochs
     if args.smoke:
         default = (0.04, 0.07) if isinstance(default, tuple) else 0.01
     if args.epochs is None:
@@ -160,16 +165,17 @@ def common_settings(sizes):
 
 
 def make_context(args, part, mode, say=print):
-    sizes = sizes_of(args)
+    sizes = sizes_of(args, part)
     runner = Runner(args.work_dir, common_settings(sizes), mode, part,
-                    stop_after=args.stop_after_runs, say=say)
+                    stop_after=args.stop_after_runs, say=say,
+                    preempt_after=args.preempt_after_runs)
     return parts.Context(runner, sizes, epochs_of(args, part), args.seeds, args.widths)
 
 
 def plan(args, part):
     """(minutes, description) of what the part has left to do on the reference host."""
     ctx = make_context(args, part, "plan")
-    outcome = parts.PARTS[part][0](ctx)
+    outcome = parts.PARTS[part].run(ctx)
     for keys in outcome.rows.values():
         for ref in keys:
             ctx.runner.test_top1(ref)
@@ -230,7 +236,7 @@ def run_part(args, part, mode):
     ctx = make_context(args, part, mode)
     print(f"== part {part}: seeds {ctx.seeds}, pretraining epochs {ctx.epochs}, work dir "
           f"{args.work_dir}", flush=True)
-    outcome = parts.PARTS[part][0](ctx)
+    outcome = parts.PARTS[part].run(ctx)
     trained = ctx.runner.new_runs + ctx.runner.reused_runs
     print(f"  {trained} training runs done ({ctx.runner.reused_runs} reused); now the test "
           f"split, once", flush=True)
@@ -290,7 +296,7 @@ def longer(args, part, result):
     if not missed or args.smoke:
         return None
     if all(m in DISTILLATION_FINDINGS for m in missed):
-        epochs = 4 * sizes_of(args).distill_epochs
+        epochs = 4 * sizes_of(args, part).distill_epochs
         option, changed = f"--distill-epochs {epochs:.3g}", {"distill_epochs": epochs}
     else:
         epochs = epochs_of(args, part)
@@ -366,7 +372,7 @@ def main(argv=None):
         minutes, text = estimates[over[0]]
         print(text)
         print(f"paper_findings: part {over[0]} is estimated at {minutes:.0f} min, over the "
-              f"{args.budget_minutes:g}-minute budget; lower {parts.PARTS[over[0]][2]}",
+              f"{args.budget_minutes:g}-minute budget; lower {parts.PARTS[over[0]].lower}",
               file=sys.stderr)
         return 2
     mode = "stand-in" if args.stand_in else "real"
@@ -381,7 +387,14 @@ def main(argv=None):
     args.work_dir.mkdir(parents=True, exist_ok=True)
     # One benchmark per work directory (the kernel lets go of the lock if this process dies).
     with DirectoryLock(args.work_dir, option="another --work-dir"):
-        run_parts(args, mode, estimates)
+        try:
+            run_parts(args, mode, estimates)
+        except StageStopped as stopped:
+            from simclrv2 import errors
+
+            print(f"paper_findings: stopped early: {stopped}; run the same command again to "
+                  f"resume (finished runs are reused)", file=sys.stderr)
+            return errors.EXIT_PREEMPTED
     return 0
 
 

@@ -19,8 +19,8 @@ from conftest import REPO_ROOT
 SCRIPT = REPO_ROOT / "benchmarks" / "paper_findings.py"
 LAYOUT = {"part", "wall_time_s", "epochs", "seeds", "findings", "rows", "machine", "versions"}
 FINDING_KEYS = {"id", "claim", "reproduced", "difference", "stderr", "figures"}
-PART_FINDINGS = {"widths": {"F1", "F6", "F7"}, "sk": {"F2"}, "supervised": {"F3"},
-                 "head": {"F4"}, "distill": {"F5"}, "batch": {"B1"}}
+PART_FINDINGS = {"widths": {"F1"}, "students": {"F6", "F7"}, "sk": {"F2"},
+                 "supervised": {"F3"}, "head": {"F4"}, "distill": {"F5"}, "batch": {"B1"}}
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +159,23 @@ def test_a_killed_part_resumes_with_its_finished_runs_reused(tmp_path):
     assert result["runs_wall_time_s"] >= result["runs"]["new"] + 3
 
 
+def test_a_stage_stopped_by_sigterm_stops_the_part_in_one_line_and_exit_3(tmp_path):
+    """A stage that ends preempted (SIGTERM, a first Ctrl-C: its checkpoint saved) stops the
+    part with one line, exit 3 and no JSON; the same command resumes it."""
+    command = [sys.executable, str(SCRIPT), "--smoke", "--stand-in", "--part", "sk",
+               "--work-dir", str(tmp_path)]
+    stopped = subprocess.run(command + ["--preempt-after-runs", "2"], capture_output=True,
+                             text=True, timeout=120)
+    err = stopped.stderr.strip()
+    assert stopped.returncode == 3 and len(err.splitlines()) == 1, stopped.stderr
+    assert "stopped early" in err and "ended preempted" in err and "resume" in err
+    assert "Traceback" not in stopped.stderr
+    assert not list((tmp_path / "results").glob("*.json"))
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.count(" reused   validation") == 1  # the run before the stopped one
+
+
 def test_a_part_over_its_budget_is_refused_in_one_line(bench, capsys, tmp_path):
     code = bench.main(["--part", "widths", "--epochs", "40", "--work-dir", str(tmp_path)])
     err = capsys.readouterr().err.strip()
@@ -180,29 +197,47 @@ def test_the_plan_prints_every_part_within_its_budget(bench, capsys, tmp_path):
 def test_distill_epochs_set_the_steps_of_every_distillation(bench, tmp_path):
     """--distill-epochs counts passes over the unlabeled training images at the distillation
     batch; the planned distillations grow with it (new runs: the step count is hashed)."""
-    args = bench.parse_args(["--part", "widths", "--distill-epochs", "2",
+    args = bench.parse_args(["--part", "distill", "--distill-epochs", "2",
                              "--work-dir", str(tmp_path)])
-    sizes = bench.sizes_of(args)
+    sizes = bench.sizes_of(args, "distill")
     assert sizes.distill_steps == round(2 * sizes.train_after_validation / sizes.supervised_batch)
-    default = bench.plan(bench.parse_args(["--part", "widths", "--work-dir", str(tmp_path)]),
-                         "widths")[1]
-    longer = bench.plan(args, "widths")[1]
+    default = bench.plan(bench.parse_args(["--part", "distill", "--work-dir", str(tmp_path)]),
+                         "distill")[1]
+    longer = bench.plan(args, "distill")[1]
+    assert _distill_steps(longer) == 6 * sizes.distill_steps > _distill_steps(default)
 
-    def distill_steps(text):
-        return int(text.split("distill ")[1].split(" steps")[0].split("/ ")[1].replace(",", ""))
-    assert distill_steps(longer) == 9 * sizes.distill_steps > distill_steps(default)
+
+def _distill_steps(plan_text):
+    return int(plan_text.split("distill ")[1].split(" steps")[0].split("/ ")[1].replace(",", ""))
+
+
+def test_the_students_part_distills_for_its_own_default_epochs(bench, tmp_path):
+    """F6 and F7 distil for 2.2 epochs unless --distill-epochs says otherwise; F5's part keeps
+    the shorter default."""
+    def sizes(part, *extra):
+        args = bench.parse_args(["--part", part, *extra, "--work-dir", str(tmp_path)])
+        return bench.sizes_of(args, part)
+    students, distill = sizes("students"), sizes("distill")
+    assert students.distill_steps == students.steps_for(2.2, students.supervised_batch) == 1891
+    assert distill.distill_steps == 480
+    assert sizes("students", "--distill-epochs", "1").distill_steps == 860
+    plan = bench.plan(bench.parse_args(["--part", "students", "--work-dir", str(tmp_path)]),
+                      "students")[1]
+    assert _distill_steps(plan) == 9 * 1891
 
 
 def test_the_lever_printed_for_a_missed_finding(bench, tmp_path):
     """Distillation findings alone missed: a distillation four times as long; any other: twice
     the pretraining epochs."""
-    args = bench.parse_args(["--part", "widths", "--work-dir", str(tmp_path)])
-    result = {"findings": [{"id": "F1", "reproduced": True}, {"id": "F6", "reproduced": False}]}
-    sizes = bench.sizes_of(args)
+    args = bench.parse_args(["--part", "students", "--work-dir", str(tmp_path)])
+    result = {"findings": [{"id": "F6", "reproduced": False}, {"id": "F7", "reproduced": True}]}
+    sizes = bench.sizes_of(args, "students")
     epochs = 4 * sizes.distill_steps * sizes.supervised_batch / sizes.train_after_validation
-    assert f"--distill-epochs {epochs:.3g} " in bench.longer(args, "widths", result)
-    result["findings"][0]["reproduced"] = False
-    assert "--epochs 8 " in bench.longer(args, "widths", result)
+    assert f"--distill-epochs {epochs:.3g} " in bench.longer(args, "students", result)
+    assert "--distill-epochs 8.8 " in bench.longer(args, "students", result)
+    widths = bench.parse_args(["--part", "widths", "--work-dir", str(tmp_path)])
+    assert "--epochs 8 " in bench.longer(widths, "widths", {"findings": [
+        {"id": "F1", "reproduced": False}]})
 
 
 @pytest.mark.parametrize("argv, message", [

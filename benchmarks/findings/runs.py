@@ -60,6 +60,11 @@ class RunRef:
         return int(self.settings.get("train_steps", 0))
 
 
+class StageStopped(Exception):
+    """A stage that ended early with its checkpoint saved (SIGTERM or a first Ctrl-C): the part
+    stops too, and the same command resumes it."""
+
+
 def _hash(kind, settings) -> str:
     shaped = {k: v for k, v in settings.items() if k not in NOT_HASHED}
     text = json.dumps({"kind": kind, **shaped}, sort_keys=True)
@@ -76,11 +81,12 @@ def _width_sk(architecture):
 class Runner:
     """Runs (or plans) stage runs under `work` for one part."""
 
-    def __init__(self, work, common, mode, part, stop_after=0, say=print):
+    def __init__(self, work, common, mode, part, stop_after=0, say=print, preempt_after=0):
         if mode not in ("plan", "real", "stand-in"):
             raise ValueError(f"mode {mode!r}")
         self.work, self.common, self.mode, self.part = pathlib.Path(work), common, mode, part
         self.stop_after, self.say = stop_after, say
+        self.preempt_after = preempt_after  # stand-in: the Nth new run ends preempted
         self.planned_s = 0.0  # plan mode: modelled seconds of what is not done yet
         self.planned = {}  # plan mode: kind -> [runs, steps, seconds]
         self.new_runs = 0
@@ -115,6 +121,9 @@ class Runner:
         started = time.time()
         ref.result = self._stand_in(kind, settings) if self.mode == "stand-in" else \
             self._real(kind, settings)
+        if ref.result.get("status") != "done":
+            raise StageStopped(f"{name} ended {ref.result.get('status')} with its checkpoint "
+                               f"saved in {directory}")
         self._event("train", name, directory)
         self.new_runs += 1
         self.say(f"  {name:<44} {time.time() - started:6.0f}s  validation {ref.figure[0]} "
@@ -144,8 +153,6 @@ class Runner:
         result = stages.STAGE_FUNCTIONS[stage](C.from_dict(stage, settings))
         result.pop("model", None)
         keras.backend.clear_session()
-        if result.get("status") != "done":
-            raise RuntimeError(f"{settings['model_dir']}: the stage ended {result.get('status')}")
         return result
 
     def _stand_in(self, kind, settings):
@@ -155,7 +162,9 @@ class Runner:
         directory = pathlib.Path(settings["model_dir"])
         directory.mkdir(parents=True, exist_ok=True)
         write_json(directory / "config.json", {"stage": kind, "config": settings})
-        result = {"status": "done", "steps": settings.get("train_steps", 0),
+        preempted = self.preempt_after and self.new_runs + 1 >= self.preempt_after
+        result = {"status": "preempted" if preempted else "done",
+                  "steps": settings.get("train_steps", 0),
                   "validation_top1": _made_up(kind, settings), "eval_split": "validation",
                   "wall_time_s": 1.0, "stand_in": True}
         write_json(directory / "result.json", result)
