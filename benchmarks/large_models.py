@@ -58,6 +58,13 @@ def _build(args, work):
                                False, 1000, traced=(False,))
 
 
+def _exit_on_failure(code):
+    """The commands return their exit status (their one-line error already on stderr): a step
+    that failed must not report a peak as if it had done its work."""
+    if code:
+        raise SystemExit(code)
+
+
 def _step(name, args, work):
     size = str(args.image_size)
     keras_file = work / "converted.keras"
@@ -66,8 +73,8 @@ def _step(name, args, work):
     elif name == "convert":
         from simclrv2.convert import convert_main
 
-        convert_main(["--saved-model", str(work / "saved_model"), "--out", str(keras_file),
-                      "--input-size", size, "--overwrite"])
+        _exit_on_failure(convert_main(["--saved-model", str(work / "saved_model"), "--out",
+                                       str(keras_file), "--input-size", size, "--overwrite"]))
     elif name.startswith("zoo_load"):
         from simclrv2.zoo.pretrained import load
 
@@ -77,8 +84,9 @@ def _step(name, args, work):
         from simclrv2.export.cli import export_main
 
         fmt = name[len("export_"):]
-        export_main(["--model", str(keras_file), "--out", str(work / f"export_{fmt}"),
-                     "--formats", fmt, "--overwrite"])
+        _exit_on_failure(export_main(["--model", str(keras_file), "--out",
+                                      str(work / f"export_{fmt}"), "--formats", fmt,
+                                      "--overwrite"]))
     elif name == "onnxruntime_batch1":
         import numpy as np
         import onnxruntime as ort

@@ -103,3 +103,31 @@ def test_int8_of_an_external_data_model_is_one_file(model, tmp_path, external):
     logits = ort.InferenceSession(str(out / "model.int8.onnx")).run(
         ["logits"], {"images": images[150:]})[0]
     assert logits.shape == (50, 10) and np.all(np.isfinite(logits))
+
+
+def test_a_disk_without_room_for_the_onnx_weights_is_refused_before_writing(
+        model, tmp_path, monkeypatch):
+    """The optimised weights are written while the converted ones are still on disk: a disk that
+    cannot hold both is refused in one message naming the space needed, and nothing is left."""
+    import collections
+    import shutil as shutil_module
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda path: usage(10 ** 12, 0, 1000))
+    out = tmp_path / "exp"
+    with pytest.raises(ExportError, match=r"needs about .* GB of free disk .* 0\.0 GB free"):
+        export_model(model, out, formats="onnx")
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_the_onnx_graph_takes_only_the_kernels_as_inputs_while_converting(model):
+    """Step 1 traces the model with its convolution and dense kernels as inputs (the bytes) and
+    its batch-norm weights and biases as constants (what the converter folds)."""
+    from simclrv2.export.signatures import ExportGraph
+
+    graph = ExportGraph(model, SIDE, 1.0)
+    _, signature, variables = onnx_export.weights_as_inputs(graph)
+    assert signature[0].name == "images" and len(signature) == len(variables) + 1
+    assert variables and all(len(v.shape) >= 2 for v in variables)
+    kernel_bytes = sum(int(np.prod(v.shape)) for v in variables)
+    assert kernel_bytes > 0.95 * sum(int(np.prod(v.shape)) for v in model.weights)

@@ -125,7 +125,10 @@ def _export(model, out, options: ExportOptions, started) -> dict:
             report["signatures"] = graph.signature_report()
             report["skipped_signatures"] = dict(graph.skipped)
             process_memory.release()
-        _write_onnx_and_openvino(graph, tmp, options.formats, report)
+        # ONNX's first step (the graph with the weights as inputs, the weights written from
+        # the Keras variables): the optimised model.onnx and OpenVINO's follow once the model is
+        # let go.
+        unoptimized = _write_unoptimized_onnx(graph, tmp, options.formats, report)
         process_memory.release()
         if "tflite" in options.formats:
             report["tflite"] = tflite.write_tflite(graph, tmp / tflite.FILE)
@@ -139,6 +142,8 @@ def _export(model, out, options: ExportOptions, started) -> dict:
                 float(options.max_int8_drop))
             report["tflite"]["int8"]["calibration"] = check_images.description
         del graph, keras_model  # held by the caller still, when it passed a model object
+        process_memory.release()
+        _optimize_onnx_and_openvino(unoptimized, tmp, options.formats, report)
         process_memory.release()
         report["verification"] = verification.verify(tmp, options.formats, expectations)
         _check_on_images(tmp, options, check_images, reference, report)
@@ -230,19 +235,32 @@ def _check_images(options, model, image_size):
                      "seed": int8.SEED, "calibration_examples": 0, "check_examples": count})
 
 
-def _write_onnx_and_openvino(graph, tmp, formats, report):
-    """model.onnx, and the OpenVINO model read from it (from a model.onnx written into
-    openvino/ and removed there when "onnx" is not among the formats)."""
-    if "openvino" in formats and "onnx" not in formats:
+def _write_unoptimized_onnx(graph, tmp, formats, report):
+    """ONNX's first step, when "onnx" or "openvino" is among the formats (OpenVINO reads the
+    model.onnx): the path of the unoptimized model, or None."""
+    if "onnx" not in formats and "openvino" not in formats:
+        return None
+    path = tmp / onnx.UNOPTIMIZED_FILE
+    report["onnx"] = _write_onnx(graph, path, report)
+    return path
+
+
+def _optimize_onnx_and_openvino(unoptimized, tmp, formats, report):
+    """model.onnx from the unoptimized model, and the OpenVINO model read from it (from a
+    model.onnx written into openvino/ and removed there when "onnx" is not among the formats)."""
+    if unoptimized is None:
+        return
+    large = report["onnx"]["layout"] == "external data"
+    if "onnx" not in formats:
         source = tmp / openvino.DIRECTORY / openvino.SOURCE_ONNX
         source.parent.mkdir()
-        _write_onnx(graph, source, report)
+        onnx.optimize(unoptimized, source, large)
+        report["onnx"] = None
         report["openvino"] = openvino.write_openvino(source, tmp / openvino.DIRECTORY)
         source.unlink()
         source.with_name(onnx.EXTERNAL_DATA_FILE).unlink(missing_ok=True)
         return
-    if "onnx" in formats:
-        report["onnx"] = _write_onnx(graph, tmp / onnx.FILE, report)
+    report["onnx"]["outputs"] = onnx.optimize(unoptimized, tmp / onnx.FILE, large)
     if "openvino" in formats:
         report["openvino"] = openvino.write_openvino(tmp / onnx.FILE, tmp / openvino.DIRECTORY)
 
@@ -319,7 +337,7 @@ def _write_onnx(graph, path, report):
             "preprocessing": report["preprocessing"]["eval"],
             "simclrv2_version": simclrv2.__version__}
     layout = onnx.layout(config)
-    names = onnx.write_onnx(graph, path, meta, large=layout == "external data")
+    names = onnx.write_unoptimized(graph, path, meta)
     return {"file": onnx.FILE, "opset": onnx.ONNX_OPSET, "input": "images", "outputs": names,
             "metadata_props": meta, "layout": layout,
             "external_data": onnx.EXTERNAL_DATA_FILE if layout == "external data" else None}

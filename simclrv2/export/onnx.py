@@ -1,15 +1,27 @@
-"""The ONNX format: model.onnx converted by tf2onnx from one function with every output, with
-the batch dimension named and kept symbolic (onnx_graph.py), and how onnxruntime runs it.
+"""The ONNX format: model.onnx with every output of the model, the batch dimension named and
+kept symbolic (onnx_graph.py), and how onnxruntime runs it.
+
+Written in two steps, so that the weights never pass through a converter's graphs:
+1. `write_unoptimized`, while the Keras model is held: tf2onnx converts a function that takes
+   every weight as an input of its own (a graph of a few hundred kilobytes whatever the model's
+   size), then each weight becomes an initializer whose bytes are copied from its Keras variable,
+   one at a time, into a data file beside the graph.
+2. `optimize`, once the Keras model is let go (exporter.py): onnxruntime's hardware-independent
+   graph optimisations (ORT_ENABLE_BASIC: constant folding, batch norm folded into the
+   convolutions, transposes removed) read that model and write model.onnx, as the frozen-graph
+   conversion made it: the same outputs to the bit in onnxruntime and OpenVINO
+   (docs/export.md, "Models over 2 GB, and memory").
 
 A model whose float32 weights exceed EXTERNAL_DATA_ABOVE (protobuf cannot serialise a message
-over 2 GiB) is converted by tf2onnx's large-model path and written as model.onnx holding the
-graph plus one file of weights beside it, model.onnx.data, named relative to it (ONNX's external
-data: onnxruntime and OpenVINO read it, and the directory can be moved as a whole).
+over 2 GiB) is written as model.onnx holding the graph plus one file of weights beside it,
+model.onnx.data, named relative to it (ONNX's external data: onnxruntime and OpenVINO read it,
+and the directory can be moved as a whole).
 """
 
 from __future__ import annotations
 
 import os
+import pathlib
 import warnings
 
 import numpy as np
@@ -20,6 +32,7 @@ from simclrv2.export.errors import ExportError
 FILE = "model.onnx"
 OUTPUT_NAMES = ("final_avg_pool", "logits", "probabilities", "proj_head_output")  # onnx_function
 EXTERNAL_DATA_FILE = FILE + ".data"
+UNOPTIMIZED_FILE = "model.unoptimized.onnx"  # step 1's model, removed by step 2
 ONNX_OPSET = 17
 ONNX_MAX_BYTES = 2 * 1024 ** 3 - 64 * 1024 ** 2  # protobuf's 2 GiB limit, with room for the graph
 # Weights above this many bytes go to EXTERNAL_DATA_FILE; the environment variable lowers it
@@ -27,14 +40,7 @@ ONNX_MAX_BYTES = 2 * 1024 ** 3 - 64 * 1024 ** 2  # protobuf's 2 GiB limit, with 
 EXTERNAL_DATA_ABOVE = ONNX_MAX_BYTES
 EXTERNAL_DATA_ENV = "SIMCLRV2_ONNX_EXTERNAL_DATA_ABOVE"
 _DATA_ALIGNMENT = 4096  # each tensor's offset, so that a runtime may map it directly
-
-# tf2onnx's switch for its optimizer loop: unset, it deep-copies the whole graph, weights
-# included, before each optimizer it applies (in every round), so that a failing optimizer can
-# be skipped. tf2onnx 1.17 turns the copies off when the variable is set at all (it compares the
-# variable's name, not its value, to "TRUE"); "FALSE" also says so to a tf2onnx that reads the
-# value. An optimizer that fails then fails the export with tf2onnx's error, instead of leaving
-# a graph it did not finish optimizing. docs/export.md has what it saves.
-TF2ONNX_CATCH_ERRORS = ("TF2ONNX_CATCH_ERRORS", "FALSE")
+_WEIGHT_INPUT = "simclrv2_weight_{}"  # step 1's name of the i-th weight
 
 
 def external_data_above() -> int:
@@ -57,174 +63,211 @@ def layout(config) -> str:
     return "external data" if weight_bytes(config) > external_data_above() else "single file"
 
 
-def onnx_function(graph):
-    """One tf.function of `graph` (an ExportGraph) returning every ONNX output: final_avg_pool,
-    logits and probabilities with a supervised head, proj_head_output with a projection head."""
+def _whole_model(graph):
+    """One Keras model of `graph`'s network with every output ONNX has (ONNX Runtime would not
+    merge the backbones of parts)."""
     import keras
-    import tensorflow as tf
 
     model = graph.model
     keys = ["final_avg_pool"] + ["proj_head_output"] * graph.has_projection + [
         "logits_sup"] * graph.has_logits
-    # One network with every output: ONNX Runtime would not merge the backbones of parts.
-    whole = keras.Model(model.inputs, {k: model.output[k] for k in keys}, name="export_onnx")
+    return keras.Model(model.inputs, {k: model.output[k] for k in keys}, name="export_onnx")
+
+
+def _named_outputs(graph, out):
+    import tensorflow as tf
+
+    result = {"final_avg_pool": out["final_avg_pool"]}
+    if graph.has_logits:
+        result.update(logits=out["logits_sup"], probabilities=tf.nn.softmax(out["logits_sup"]))
+    if graph.has_projection:
+        result["proj_head_output"] = out["proj_head_output"]
+    return result
+
+
+def onnx_function(graph):
+    """One tf.function of `graph` (an ExportGraph) returning every ONNX output: final_avg_pool,
+    logits and probabilities with a supervised head, proj_head_output with a projection head
+    (the TFLite converter's input: the weights are captured)."""
+    import tensorflow as tf
+
+    whole = _whole_model(graph)
 
     @tf.function(input_signature=[graph.images_spec], autograph=False)
     def onnx_outputs(images):
-        out = graph.run(whole, images)
-        result = {"final_avg_pool": out["final_avg_pool"]}
-        if graph.has_logits:
-            result.update(logits=out["logits_sup"],
-                          probabilities=tf.nn.softmax(out["logits_sup"]))
-        if graph.has_projection:
-            result["proj_head_output"] = out["proj_head_output"]
-        return result
+        return _named_outputs(graph, graph.run(whole, images))
 
     return onnx_outputs
 
 
-def _optimize_without_proto_updates(optimize_graph):
-    """tf2onnx's optimize_graph, with Graph.update_proto a no-op while it runs. Each optimizer
-    ends by rewriting every node's protobuf from its Python object, the weights of every
-    constant included. The optimizers read and edit the Python objects only, and make_graph,
-    which builds the model after them, runs update_proto itself; the export's verification would
-    catch a graph that came out wrong."""
-    from unittest import mock
+def weights_as_inputs(graph):
+    """(function, input signature, variables): `onnx_function`'s outputs computed from the
+    images and from the model's kernels (its convolution and dense weights: all but a sliver of
+    its bytes), each an input of its own; `variables[i]` is the Keras variable of input i + 1.
+    The small weights (batch norm's, biases) stay constants, so that the converter folds batch
+    norm and moves the layout transposes out of the graph as it does for a frozen model."""
+    import tensorflow as tf
 
-    from tf2onnx.graph import Graph
+    whole = _whole_model(graph)
+    trainable, non_trainable = whole.trainable_variables, whole.non_trainable_variables
+    variables = [v for v in trainable + non_trainable if len(v.shape) >= 2]
+    signature = [graph.images_spec] + [
+        tf.TensorSpec(v.shape, v.dtype, name=_WEIGHT_INPUT.format(i))
+        for i, v in enumerate(variables)]
+    position = {id(v): i for i, v in enumerate(variables)}
 
-    def optimize(*args, **kwargs):
-        with mock.patch.object(Graph, "update_proto", lambda self, *a, **k: None):
-            return optimize_graph(*args, **kwargs)
+    @tf.function(input_signature=signature, autograph=False)
+    def onnx_outputs(images, *kernels):
+        def values(group):
+            return [kernels[position[id(v)]] if id(v) in position else v.value for v in group]
 
-    return optimize
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The structure of `inputs`")
+            out, _ = whole.stateless_call(values(trainable), values(non_trainable), images,
+                                          training=False)
+        return _named_outputs(graph, {k: tf.cast(v, tf.float32) for k, v in out.items()})
 
-
-def _moving_value_attr(node, storage=None):
-    """tf2onnx's Node.get_value_attr for its large-model path, moving a constant's bytes into
-    the external storage instead of deep-copying the attribute first (which held every weight
-    twice while the model was made); the graph is not used after make_model."""
-    from onnx import AttributeProto, TensorProto
-
-    attr = node._attr["value"]
-    if storage is None or attr.type != AttributeProto.TENSOR:
-        return attr
-    if node in storage.node_to_modified_value_attr:
-        return storage.node_to_modified_value_attr[node]
-    if int(np.prod(attr.t.dims)) <= storage.external_tensor_size_threshold:
-        return attr
-    name = f"{node.name.strip()}_{storage.name_counter}"
-    storage.name_counter += 1
-    storage.name_to_tensor_data[name] = attr.t.raw_data
-    attr.t.ClearField("raw_data")
-    entry = attr.t.external_data.add()
-    entry.key, entry.value = "location", name
-    attr.t.data_location = TensorProto.EXTERNAL
-    storage.node_to_modified_value_attr[node] = attr
-    return attr
-
-
-def _external_tensors(proto):
-    """Every TensorProto of the graph whose data is external: initializers and Constant nodes."""
-    from onnx import TensorProto
-
-    tensors = list(proto.graph.initializer)
-    for node in proto.graph.node:
-        tensors += [a.t for a in node.attribute if a.HasField("t")]
-    return [t for t in tensors if t.data_location == TensorProto.EXTERNAL]
-
-
-def _write_external_data(proto, storage, data_path):
-    """Writes the tensors tf2onnx set aside into one file, `data_path`, each at an aligned
-    offset, and points each tensor at it by a path relative to model.onnx; each tensor's bytes
-    are dropped once written."""
-    data = storage.name_to_tensor_data
-    with open(data_path, "wb") as out:
-        for tensor in _external_tensors(proto):
-            fields = {e.key: e.value for e in tensor.external_data}
-            raw = data.pop(fields["location"])
-            offset = -(-out.tell() // _DATA_ALIGNMENT) * _DATA_ALIGNMENT
-            out.seek(offset)
-            out.write(raw)
-            del tensor.external_data[:]
-            for key, value in (("location", os.path.basename(data_path)),
-                               ("offset", str(offset)), ("length", str(len(raw)))):
-                entry = tensor.external_data.add()
-                entry.key, entry.value = key, value
-    if data:
-        raise ExportError(f"internal: tf2onnx set aside {len(data)} tensors that the ONNX graph "
-                          f"does not use; the export would lose them")
-
-
-def _inline_external_data(proto, storage):
-    """Puts the tensors tf2onnx set aside back into the graph: a model that fits one file."""
-    from onnx import TensorProto
-
-    data = storage.name_to_tensor_data
-    for tensor in _external_tensors(proto):
-        location = next(e.value for e in tensor.external_data if e.key == "location")
-        tensor.raw_data = data.pop(location)
-        del tensor.external_data[:]
-        tensor.data_location = TensorProto.DEFAULT
+    return onnx_outputs, signature, variables
 
 
 def _patch_numpy_names():
-    # tf2onnx 1.17's large-model path still calls numpy<2's np.product and np.object.
+    # tf2onnx 1.17 still calls numpy<2's np.product and np.object; Keras ships one fix.
+    from keras.src.export.tf2onnx_lib import patch_tf2onnx
+
+    patch_tf2onnx()
     if not hasattr(np, "product"):
         np.product = np.prod
 
 
-def write_onnx(graph, path, metadata, large=None):
-    """Converts `graph` (an ExportGraph) to an ONNX model at `path` with `metadata` as its
-    metadata_props; returns the names of its outputs. large: write the weights to
-    EXTERNAL_DATA_FILE beside `path` (default: when layout() says so)."""
-    from unittest import mock
+def _external(tensor, location, offset, length):
+    from onnx import TensorProto
 
+    tensor.data_location = TensorProto.EXTERNAL
+    del tensor.external_data[:]
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+
+
+def _weights_as_initializers(proto, variables, data_path):
+    """Turns the weight inputs of `proto` into initializers stored in `data_path`, each copied
+    from its Keras variable in turn (one weight in memory at a time) at an aligned offset."""
+    from onnx import TensorProto
+
+    images = [v for v in proto.graph.input if not v.name.startswith("simclrv2_weight_")]
+    used = {name for node in proto.graph.node for name in node.input}
+    with open(data_path, "wb") as out:
+        for i, variable in enumerate(variables):
+            name = _WEIGHT_INPUT.format(i)
+            if name not in used:
+                continue
+            value = np.ascontiguousarray(variable.numpy(), dtype=np.float32)
+            offset = -(-out.tell() // _DATA_ALIGNMENT) * _DATA_ALIGNMENT
+            out.seek(offset)
+            out.write(value.tobytes())
+            tensor = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=value.shape)
+            _external(tensor, os.path.basename(data_path), offset, value.nbytes)
+            proto.graph.initializer.append(tensor)
+            del value
+    del proto.graph.input[:]
+    proto.graph.input.extend(images)
+
+
+def _check_free_disk(path, weight_bytes):
+    """Step 2 writes the optimised weights while step 1's are still on disk: refuses, before
+    anything is written, a disk that cannot hold both."""
+    import shutil
+
+    folder = pathlib.Path(path).parent
+    free = shutil.disk_usage(folder).free
+    if free < 2.05 * weight_bytes:
+        raise ExportError(f"ONNX export needs about {2 * weight_bytes / 1e9:.1f} GB of free disk "
+                          f"in {folder.parent} (the converted weights and the optimised ones), "
+                          f"{free / 1e9:.1f} GB free; free some space or export to an --out on "
+                          f"another disk")
+
+
+def write_unoptimized(graph, path, metadata):
+    """Step 1: converts `graph` (an ExportGraph) with its weights as inputs and writes the model
+    to `path`, its weights, read from the Keras variables, in `path`.data; `metadata` becomes
+    its metadata_props. Returns the names of its outputs."""
     import onnx
     import tf2onnx
-    import tf2onnx.optimizer
-    from keras.src.export.tf2onnx_lib import patch_tf2onnx
-    from tf2onnx.graph import Node
 
     from simclrv2.export.onnx_graph import keep_batch_in_reshapes
 
-    if large is None:
-        large = layout(graph.model.simclr_config) == "external data"
-    patch_tf2onnx()  # tf2onnx 1.17 still uses numpy<2 names; Keras ships this fix
-    _patch_numpy_names()
-    fast_optimize = _optimize_without_proto_updates(tf2onnx.optimizer.optimize_graph)
-    with mock.patch.dict(os.environ, dict([TF2ONNX_CATCH_ERRORS])), warnings.catch_warnings(), \
-            mock.patch.object(tf2onnx.optimizer, "optimize_graph", fast_optimize), \
-            mock.patch.object(Node, "get_value_attr", _moving_value_attr):
+    function, signature, variables = weights_as_inputs(graph)
+    _check_free_disk(path, sum(int(np.prod(v.shape)) * 4 for v in variables))
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        # tf2onnx's large-model path for every model: its other path runs TensorFlow's grappler
-        # over a frozen graph holding every weight, which held many copies of them at once
-        # (docs/export.md, memory); onnxruntime's own graph optimisations follow either way.
-        proto, storage = tf2onnx.convert.from_function(
-            onnx_function(graph), input_signature=[graph.images_spec], opset=ONNX_OPSET,
-            large_model=True)
-    # tf2onnx's graphs hold reference cycles, each with a copy of the weights: collected now,
-    # before the protobuf is checked and serialised beside them.
-    process_memory.release()
+        _patch_numpy_names()
+        proto, _ = tf2onnx.convert.from_function(function, input_signature=signature,
+                                                 opset=ONNX_OPSET)
+    del function
+    process_memory.release()  # tf2onnx's graphs hold reference cycles
     # tf2onnx names the batch dimension after the TF tensor (unk__N); a plain name documents it.
     for value in list(proto.graph.input) + list(proto.graph.output):
         dim = value.type.tensor_type.shape.dim
-        if dim and not dim[0].HasField("dim_value"):
+        if dim and not dim[0].HasField("dim_value") and not value.name.startswith(
+                "simclrv2_weight_"):
             dim[0].dim_param = "batch"
     keep_batch_in_reshapes(proto)  # after naming the batch: it carries that name through
     onnx.helper.set_model_props(proto, {k: str(v) for k, v in metadata.items()})
-    if not large:
-        _inline_external_data(proto, storage)
-        del storage
-        onnx.checker.check_model(proto)
-        onnx.save(proto, str(path))
-        return [o.name for o in proto.graph.output]
-    _write_external_data(proto, storage, os.path.join(os.path.dirname(str(path)),
-                                                      EXTERNAL_DATA_FILE))
-    del storage
+    path = pathlib.Path(path)
+    _weights_as_initializers(proto, variables, path.with_name(path.name + ".data"))
     onnx.save(proto, str(path))
-    onnx.checker.check_model(str(path))  # by path: the checker then reads the external data
     return [o.name for o in proto.graph.output]
+
+
+def _used_domains(proto):
+    return {node.domain for node in proto.graph.node} | {""}
+
+
+def optimize(unoptimized, path, large):
+    """Step 2: onnxruntime's basic graph optimisations of the model `write_unoptimized` wrote,
+    saved as `path` (with EXTERNAL_DATA_FILE beside it when `large`, else one file); the
+    unoptimized model and its data are removed. Returns the outputs' names."""
+    import onnx
+    import onnxruntime as ort
+
+    unoptimized, path = pathlib.Path(unoptimized), pathlib.Path(path)
+    data = path.with_name(EXTERNAL_DATA_FILE)
+    staged = path.with_name(path.name + ".optimizing")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(staged)
+    # Written beside the staged graph (the name is relative to it), one file whatever the
+    # layout: a single-file model takes its weights back below.
+    options.add_session_config_entry(
+        "session.optimized_model_external_initializers_file_name", data.name)
+    options.add_session_config_entry(
+        "session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    options.add_session_config_entry("session.disable_prepacking", "1")
+    try:
+        ort.InferenceSession(str(unoptimized), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime's errors have no common base class
+        raise ExportError(f"onnxruntime could not optimise the converted model: {error}") \
+            from None
+    finally:
+        unoptimized.unlink(missing_ok=True)
+        unoptimized.with_name(unoptimized.name + ".data").unlink(missing_ok=True)
+        process_memory.release()
+    proto = onnx.load(str(staged), load_external_data=False)
+    # onnxruntime imports every domain it knows; the graph uses the standard one only.
+    kept = [o for o in proto.opset_import if o.domain in _used_domains(proto)]
+    del proto.opset_import[:]
+    proto.opset_import.extend(kept)
+    if large:
+        onnx.save(proto, str(path))
+    else:
+        onnx.load_external_data_for_model(proto, str(path.parent))
+        onnx.save(proto, str(path))
+        data.unlink()
+    staged.unlink()
+    del proto
+    process_memory.release()
+    onnx.checker.check_model(str(path))  # by path: the checker then reads the external data
+    return [o.name for o in onnx.load(str(path), load_external_data=False).graph.output]
 
 
 def onnx_session_options(threads=None):
