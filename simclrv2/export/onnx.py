@@ -3,9 +3,9 @@ kept symbolic (onnx_graph.py), and how onnxruntime runs it.
 
 Written in two steps, so that the weights never pass through a converter's graphs:
 1. `write_unoptimized`, while the Keras model is held: tf2onnx converts a function that takes
-   every weight as an input of its own (a graph of a few hundred kilobytes whatever the model's
-   size), then each weight becomes an initializer whose bytes are copied from its Keras variable,
-   one at a time, into a data file beside the graph.
+   every convolution and dense kernel as an input of its own (a graph of a few hundred
+   kilobytes whatever the model's size), then each kernel becomes an initializer whose bytes are
+   copied from its Keras variable, one at a time, into a data file beside the graph.
 2. `optimize`, once the Keras model is let go (exporter.py): onnxruntime's hardware-independent
    graph optimisations (ORT_ENABLE_BASIC: constant folding, batch norm folded into the
    convolutions, transposes removed) read that model and write model.onnx, as the frozen-graph
@@ -40,7 +40,8 @@ ONNX_MAX_BYTES = 2 * 1024 ** 3 - 64 * 1024 ** 2  # protobuf's 2 GiB limit, with 
 EXTERNAL_DATA_ABOVE = ONNX_MAX_BYTES
 EXTERNAL_DATA_ENV = "SIMCLRV2_ONNX_EXTERNAL_DATA_ABOVE"
 _DATA_ALIGNMENT = 4096  # each tensor's offset, so that a runtime may map it directly
-_WEIGHT_INPUT = "simclrv2_weight_{}"  # step 1's name of the i-th weight
+_WEIGHT_PREFIX = "simclrv2_weight_"  # step 1's inputs: the i-th kernel is _WEIGHT_PREFIX + i
+_WEIGHT_INPUT = _WEIGHT_PREFIX + "{}"
 
 
 def external_data_above() -> int:
@@ -154,7 +155,7 @@ def _weights_as_initializers(proto, variables, data_path):
     from its Keras variable in turn (one weight in memory at a time) at an aligned offset."""
     from onnx import TensorProto
 
-    images = [v for v in proto.graph.input if not v.name.startswith("simclrv2_weight_")]
+    images = [v for v in proto.graph.input if not v.name.startswith(_WEIGHT_PREFIX)]
     used = {name for node in proto.graph.node for name in node.input}
     with open(data_path, "wb") as out:
         for i, variable in enumerate(variables):
@@ -188,8 +189,8 @@ def _check_free_disk(path, weight_bytes):
 
 
 def write_unoptimized(graph, path, metadata):
-    """Step 1: converts `graph` (an ExportGraph) with its weights as inputs and writes the model
-    to `path`, its weights, read from the Keras variables, in `path`.data; `metadata` becomes
+    """Step 1: converts `graph` (an ExportGraph) with its kernels as inputs and writes the model
+    to `path`, the kernels, read from the Keras variables, in `path`.data; `metadata` becomes
     its metadata_props. Returns the names of its outputs."""
     import onnx
     import tf2onnx
@@ -209,7 +210,7 @@ def write_unoptimized(graph, path, metadata):
     for value in list(proto.graph.input) + list(proto.graph.output):
         dim = value.type.tensor_type.shape.dim
         if dim and not dim[0].HasField("dim_value") and not value.name.startswith(
-                "simclrv2_weight_"):
+                _WEIGHT_PREFIX):
             dim[0].dim_param = "batch"
     keep_batch_in_reshapes(proto)  # after naming the batch: it carries that name through
     onnx.helper.set_model_props(proto, {k: str(v) for k, v in metadata.items()})
@@ -242,7 +243,7 @@ def optimize(unoptimized, path, large):
         "session.optimized_model_external_initializers_file_name", data.name)
     options.add_session_config_entry(
         "session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-    options.add_session_config_entry("session.disable_prepacking", "1")
+    options.add_session_config_entry("session.disable_prepacking", "1")  # it never runs
     try:
         ort.InferenceSession(str(unoptimized), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime's errors have no common base class
