@@ -290,13 +290,21 @@ DISTILLATION_FINDINGS = ("F5", "F6", "F7")
 
 def longer(args, part, result):
     """What to try where a finding is not reproduced: the paper's lever, more pretraining
-    epochs (twice as many), or for a distillation finding a distillation four times as long,
-    with its estimate against the budget."""
+    epochs (twice as many), for a distillation finding a distillation four times as long, and
+    for a supervised curve still rising at its cap twice the cap; with its estimate against the
+    budget."""
     missed = [f["id"] for f in result["findings"] if not f["reproduced"]]
     if not missed or args.smoke:
         return None
-    if all(m in DISTILLATION_FINDINGS for m in missed):
-        epochs = 4 * sizes_of(args, part).distill_epochs
+    sizes = sizes_of(args, part)
+    curves = parts.SUPERVISED_CURVES
+    capped = [curves[c["what"].split(":")[0]] for c in result.get("choices", [])
+              if c.get("capped") and c["what"].split(":")[0] in curves]
+    if capped:
+        changed = {cap: 2 * getattr(sizes, cap) for cap in capped}
+        option = " ".join(f"--{cap.replace('_', '-')} {value:g}" for cap, value in changed.items())
+    elif all(m in DISTILLATION_FINDINGS for m in missed):
+        epochs = 4 * sizes.distill_epochs
         option, changed = f"--distill-epochs {epochs:.3g}", {"distill_epochs": epochs}
     else:
         epochs = epochs_of(args, part)

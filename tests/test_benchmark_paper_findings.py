@@ -240,6 +240,28 @@ def test_the_lever_printed_for_a_missed_finding(bench, tmp_path):
         {"id": "F1", "reproduced": False}]})
 
 
+def test_a_supervised_curve_still_rising_at_its_cap_gets_twice_the_cap(bench, tmp_path):
+    """F3 compares each side trained until validation stops rising: where a curve ended at its
+    cap, the lever is a longer curve, not more pretraining."""
+    args = bench.parse_args(["--part", "supervised", "--work-dir", str(tmp_path)])
+    result = {"findings": [{"id": "F3", "reproduced": False}], "choices": [
+        {"what": "supervised from scratch 100%: epochs", "capped": True},
+        {"what": "fine-tuned 100%: epochs", "capped": False}]}
+    assert "--scratch-max-epochs 16 (" in bench.longer(args, "supervised", result)
+    result["choices"][1]["capped"] = True
+    assert "--scratch-max-epochs 16 --finetune-max-epochs 8 (" in bench.longer(
+        args, "supervised", result)
+    result["choices"] = [dict(c, capped=False) for c in result["choices"]]
+    assert "--epochs 8 " in bench.longer(args, "supervised", result)
+
+
+def test_the_supervised_curves_double_until_their_cap(bench):
+    sizes = bench.parts.Sizes()
+    assert sizes.curve_lengths(sizes.scratch_max_epochs) == [1, 2, 4, 8]
+    assert sizes.curve_lengths(sizes.finetune_max_epochs) == [1, 2, 4]
+    assert sizes.curve_lengths(16) == [1, 2, 4, 8, 16] and sizes.curve_lengths(3) == [1, 2]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--part", "nope"], "--part nope: not a part"),
     (["--part", "sk", "--seeds", "1"], "--seeds must be >= 2"),

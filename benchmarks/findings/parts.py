@@ -32,7 +32,7 @@ class Sizes:
     full_label_epochs: float = 1.0  # fine-tuning on 100% in the widths part
     distill_steps: int = 480
     linear_iterations: int = 300
-    curve_epochs: tuple = (1, 2, 4, 8)  # supervised on 100% until validation stops rising
+    curve_start: float = 1  # supervised on 100%: 1, 2, 4, ... epochs until validation stops rising
     scratch_max_epochs: float = 8
     finetune_max_epochs: float = 4
     knn_bank_size: int = 5000
@@ -46,6 +46,13 @@ class Sizes:
         """Steps of `batch` images that make `epochs` passes over the training images."""
         return max(1, math.ceil(epochs * self.train_after_validation / batch))
 
+    def curve_lengths(self, cap) -> list:
+        """The supervised part's training lengths: curve_start, doubled while within `cap`."""
+        lengths = [self.curve_start]
+        while lengths[-1] * 2 <= cap * (1 + 1e-9):
+            lengths.append(lengths[-1] * 2)
+        return lengths
+
     @property
     def distill_epochs(self) -> float:
         """Passes of every distillation over the unlabeled training images."""
@@ -55,7 +62,7 @@ class Sizes:
 SMOKE = Sizes(dataset="synthetic", image_size=8, train_images=2048, validation_examples=200,
               pretrain_batch=16, micro_batch=16, batches=(16, 32, 64), supervised_batch=16,
               finetune_steps={1: 2, 10: 2}, full_label_epochs=0.01, distill_steps=2,
-              linear_iterations=20, curve_epochs=(0.01, 0.02, 0.04), scratch_max_epochs=0.04,
+              linear_iterations=20, curve_start=0.01, scratch_max_epochs=0.04,
               finetune_max_epochs=0.02, knn_bank_size=200, eval_batch_size=256)
 
 
@@ -218,6 +225,12 @@ def _until_validation_stops_rising(run_at, epochs_list):
     return points, best, capped
 
 
+# The supervised part's curves (its rows and choices are named by these) and the Sizes field
+# that caps each one's length.
+SUPERVISED_CURVES = {"supervised from scratch 100%": "scratch_max_epochs",
+                     "fine-tuned 100%": "finetune_max_epochs"}
+
+
 def supervised(ctx):
     """F3: fine-tuned on 100% of the labels against the same network supervised from scratch
     on 100%, each trained (seed 0) until its validation top-1 stops rising, then every seed at
@@ -226,12 +239,11 @@ def supervised(ctx):
     net_arch = arch(width)
     pre = ctx.pretrain(net_arch, net_arch, ctx.epochs)
     sizes, rows, choices, curves = ctx.sizes, {}, [], {}
-    kinds = {"supervised from scratch 100%": (
-        lambda s, e: ctx.scratch(net_arch, 100, s, epochs=e), sizes.scratch_max_epochs),
-        "fine-tuned 100%": (lambda s, e: ctx.finetune(pre, 100, s, epochs=e),
-                            sizes.finetune_max_epochs)}
-    for key, (run, cap) in kinds.items():
-        lengths = [e for e in sizes.curve_epochs if e <= cap]
+    runs = {"supervised from scratch 100%": lambda s, e: ctx.scratch(net_arch, 100, s, epochs=e),
+            "fine-tuned 100%": lambda s, e: ctx.finetune(pre, 100, s, epochs=e)}
+    for key, run in runs.items():
+        cap = getattr(sizes, SUPERVISED_CURVES[key])
+        lengths = sizes.curve_lengths(cap)
         points, (chosen, best), capped = _until_validation_stops_rising(
             lambda e, run=run: run(0, e), lengths)
         curves[key] = [{"epochs": e, "steps": r.steps, "validation_top1": r.validation_top1}
