@@ -86,6 +86,16 @@ def test_external_data_export_loads_from_a_moved_directory_and_matches_keras(
         assert np.max(np.abs(got[ours] - ref[theirs])) / scale <= MATCH, ours
 
 
+def test_an_external_data_export_is_replaced_by_overwrite(model, tmp_path, external):
+    """model.onnx.data is part of the export: --overwrite replaces it with the rest."""
+    out = tmp_path / "exp"
+    export_model(model, out, formats="onnx")
+    first = (out / "model.onnx.data").stat().st_mtime_ns
+    report = export_model(model, out, formats="onnx", overwrite=True)
+    assert report["onnx"]["external_data"] == "model.onnx.data"
+    assert (out / "model.onnx.data").stat().st_mtime_ns != first
+
+
 def test_int8_of_an_external_data_model_is_one_file(model, tmp_path, external):
     images = _images(200, seed=1)
     labels = np.argmax(np.asarray(model(images, training=False)["logits_sup"]), axis=1)

@@ -20,10 +20,12 @@ import uuid
 from simclrv2.artifacts import EXPORT_FORMAT, is_export_config
 from simclrv2.atomic_files import read_json
 from simclrv2.export.errors import ExportError
+from simclrv2.export.onnx import EXTERNAL_DATA_FILE
 
-# Everything an export directory holds at its top level (all formats).
-EXPORT_ENTRIES = frozenset({"saved_model", "model.onnx", "model.int8.onnx", "model.keras",
-                            "openvino", "model.tflite", "model.int8.tflite",
+# Everything an export directory holds at its top level (all formats, a large model's ONNX
+# weights included).
+EXPORT_ENTRIES = frozenset({"saved_model", "model.onnx", EXTERNAL_DATA_FILE, "model.int8.onnx",
+                            "model.keras", "openvino", "model.tflite", "model.int8.tflite",
                             "config.json", "README.md", "SHA256SUMS"})
 STALE_AFTER_S = 3600  # see remove_stale_temporaries
 _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?:(?P<pid>\d+)-)?[0-9a-f]{8}$")
