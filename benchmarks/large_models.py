@@ -76,8 +76,12 @@ def _step(name, args, work):
         _exit_on_failure(convert_main(["--saved-model", str(work / "saved_model"), "--out",
                                        str(keras_file), "--input-size", size, "--overwrite"]))
     elif name.startswith("zoo_load"):
+        import shutil
+
         from simclrv2.zoo.pretrained import load
 
+        if name == "zoo_load_convert":  # a cache left by an earlier run would be read instead
+            shutil.rmtree(work / "cache", ignore_errors=True)
         load(weights=str(work / "saved_model"), cache_dir=str(work / "cache"),
              input_shape=(args.image_size, args.image_size, 3))
     elif name.startswith("export_"):
