@@ -125,9 +125,9 @@ def _export(model, out, options: ExportOptions, started) -> dict:
             report["signatures"] = graph.signature_report()
             report["skipped_signatures"] = dict(graph.skipped)
             process_memory.release()
-        # ONNX's first step (the graph with the weights as inputs, the weights written from
-        # the Keras variables): the optimised model.onnx and OpenVINO's follow once the model is
-        # let go.
+        # ONNX's first step (the graph converted with the kernels as inputs, their bytes written
+        # from the Keras variables): the optimised model.onnx and OpenVINO's model follow once
+        # the Keras model is let go.
         unoptimized = _write_unoptimized_onnx(graph, tmp, options.formats, report)
         process_memory.release()
         if "tflite" in options.formats:
