@@ -237,12 +237,11 @@ def _check_images(options, model, image_size):
 
 def _write_unoptimized_onnx(graph, tmp, formats, report):
     """ONNX's first step, when "onnx" or "openvino" is among the formats (OpenVINO reads the
-    model.onnx): the path of the unoptimized model, or None."""
+    model.onnx): (the unoptimized model's path, config.json's "onnx" record), or None."""
     if "onnx" not in formats and "openvino" not in formats:
         return None
     path = tmp / onnx.UNOPTIMIZED_FILE
-    report["onnx"] = _write_onnx(graph, path, report)
-    return path
+    return path, _write_onnx(graph, path, report)
 
 
 def _optimize_onnx_and_openvino(unoptimized, tmp, formats, report):
@@ -250,17 +249,17 @@ def _optimize_onnx_and_openvino(unoptimized, tmp, formats, report):
     model.onnx written into openvino/ and removed there when "onnx" is not among the formats)."""
     if unoptimized is None:
         return
-    large = report["onnx"]["layout"] == "external data"
+    path, record = unoptimized
+    large = record["layout"] == "external data"
     if "onnx" not in formats:
         source = tmp / openvino.DIRECTORY / openvino.SOURCE_ONNX
         source.parent.mkdir()
-        onnx.optimize(unoptimized, source, large)
-        report["onnx"] = None
+        onnx.optimize(path, source, large)
         report["openvino"] = openvino.write_openvino(source, tmp / openvino.DIRECTORY)
         source.unlink()
         source.with_name(onnx.EXTERNAL_DATA_FILE).unlink(missing_ok=True)
         return
-    report["onnx"]["outputs"] = onnx.optimize(unoptimized, tmp / onnx.FILE, large)
+    report["onnx"] = {**record, "outputs": onnx.optimize(path, tmp / onnx.FILE, large)}
     if "openvino" in formats:
         report["openvino"] = openvino.write_openvino(tmp / onnx.FILE, tmp / openvino.DIRECTORY)
 

@@ -110,23 +110,16 @@ def weights_as_inputs(graph):
     import tensorflow as tf
 
     whole = _whole_model(graph)
-    trainable, non_trainable = whole.trainable_variables, whole.non_trainable_variables
-    variables = [v for v in trainable + non_trainable if len(v.shape) >= 2]
+    variables = [v for v in whole.trainable_variables + whole.non_trainable_variables
+                 if len(v.shape) >= 2]
     signature = [graph.images_spec] + [
         tf.TensorSpec(v.shape, v.dtype, name=_WEIGHT_INPUT.format(i))
         for i, v in enumerate(variables)]
-    position = {id(v): i for i, v in enumerate(variables)}
 
     @tf.function(input_signature=signature, autograph=False)
     def onnx_outputs(images, *kernels):
-        def values(group):
-            return [kernels[position[id(v)]] if id(v) in position else v.value for v in group]
-
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="The structure of `inputs`")
-            out, _ = whole.stateless_call(values(trainable), values(non_trainable), images,
-                                          training=False)
-        return _named_outputs(graph, {k: tf.cast(v, tf.float32) for k, v in out.items()})
+        replaced = {id(v): kernel for v, kernel in zip(variables, kernels)}
+        return _named_outputs(graph, graph.run(whole, images, replaced))
 
     return onnx_outputs, signature, variables
 
@@ -197,8 +190,10 @@ def write_unoptimized(graph, path, metadata):
 
     from simclrv2.export.onnx_graph import keep_batch_in_reshapes
 
+    from simclrv2.zoo.param_count import weight_bytes
+
+    _check_free_disk(path, weight_bytes(graph.model.simclr_config))
     function, signature, variables = weights_as_inputs(graph)
-    _check_free_disk(path, sum(int(np.prod(v.shape)) * 4 for v in variables))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         _patch_numpy_names()
@@ -265,10 +260,11 @@ def optimize(unoptimized, path, large):
         onnx.save(proto, str(path))
         data.unlink()
     staged.unlink()
+    names = [o.name for o in proto.graph.output]
     del proto
     process_memory.release()
     onnx.checker.check_model(str(path))  # by path: the checker then reads the external data
-    return [o.name for o in onnx.load(str(path), load_external_data=False).graph.output]
+    return names
 
 
 def onnx_session_options(threads=None):

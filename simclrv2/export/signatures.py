@@ -142,14 +142,18 @@ class ExportGraph:
     def non_trainable(self):
         return self._export_variables()[1]
 
-    def run(self, sub, images):
+    def run(self, sub, images, replaced=None):
         """The float32 outputs of `sub`, a Keras model on this model's layers, computed with the
-        export variables."""
+        export variables, or, for a Keras variable v with id(v) in `replaced`, that tensor."""
         import tensorflow as tf
 
-        by_id = self._export_variables()[2]
-        trainable = [by_id[id(v)] for v in sub.trainable_variables]
-        non_trainable = [by_id[id(v)] for v in sub.non_trainable_variables]
+        by_id, replaced = self._export_variables()[2], replaced or {}
+
+        def values(variables):
+            return [replaced.get(id(v), by_id[id(v)]) for v in variables]
+
+        trainable, non_trainable = values(sub.trainable_variables), values(
+            sub.non_trainable_variables)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="The structure of `inputs`")
             out, _ = sub.stateless_call(trainable, non_trainable, images, training=False)
