@@ -231,6 +231,9 @@ def test_r50_sk_onnx_graph_has_no_layout_shuffles(r50sk):
     ops = collections.Counter(n.op_type for n in onnx.load(out / "model.onnx").graph.node)
     assert ops["Transpose"] == 1 and ops["BatchNormalization"] == 0, ops
     assert ops["Sigmoid"] == 16 and ops["Softmax"] == 1, ops  # 16 SK gates, the probabilities
+    # Each SK block's two streams and two gate halves are convolutions of their own, not
+    # channel slices of one (onnx_graph.split_sliced_convolutions): 55 + 4 x 16 convolutions.
+    assert ops["Slice"] == 0 and ops["Conv"] == 55 + 4 * 16, ops
 
 
 def test_r50_sk_onnx_keeps_the_batch_symbol_through_every_tensor(r50sk):

@@ -9,8 +9,8 @@ Written in two steps, so that the weights never pass through a converter's graph
 2. `optimize`, once the Keras model is let go (exporter.py): onnxruntime's hardware-independent
    graph optimisations (ORT_ENABLE_BASIC: constant folding, batch norm folded into the
    convolutions, transposes removed) read that model and write model.onnx, as the frozen-graph
-   conversion made it: the same outputs to the bit in onnxruntime and OpenVINO
-   (docs/export.md, "Models over 2 GB, and memory").
+   conversion made it (docs/export.md, "Models over 2 GB, and memory"), with the
+   selective-kernel convolutions' channel slices made convolutions of their own (onnx_graph.py).
 
 A model whose float32 weights exceed EXTERNAL_DATA_ABOVE (protobuf cannot serialise a message
 over 2 GiB) is written as model.onnx holding the graph plus one file of weights beside it,
@@ -226,6 +226,8 @@ def optimize(unoptimized, path, large):
     import onnx
     import onnxruntime as ort
 
+    from simclrv2.export.onnx_graph import split_sliced_convolutions
+
     unoptimized, path = pathlib.Path(unoptimized), pathlib.Path(path)
     data = path.with_name(EXTERNAL_DATA_FILE)
     staged = path.with_name(path.name + ".optimizing")
@@ -253,6 +255,7 @@ def optimize(unoptimized, path, large):
     kept = [o for o in proto.opset_import if o.domain in _used_domains(proto)]
     del proto.opset_import[:]
     proto.opset_import.extend(kept)
+    split_sliced_convolutions(proto)
     if large:
         onnx.save(proto, str(path))
     else:
