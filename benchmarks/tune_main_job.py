@@ -67,6 +67,16 @@ GROUPS = {
                                          "--set", "pretrain.mixed_precision=float32",
                                          "--set", "lineareval.mixed_precision=float32"],
     },
+    # The default plan (0.5x, 28 px, 480 steps) in float32, where the linear eval's lead over
+    # the pixels is narrowest: the pretraining learning rate and temperature, chosen at 0.25x
+    # and 16 px and not swept again since.
+    "pretrain_float32_plan": {
+        "f32_base": ["--precision", "float32"],
+        "f32_lr0.1": ["--precision", "float32", "--set", "pretrain.learning_rate=0.1"],
+        "f32_lr0.4": ["--precision", "float32", "--set", "pretrain.learning_rate=0.4"],
+        "f32_t0.1": ["--precision", "float32", "--set", "pretrain.temperature=0.1"],
+        "f32_t0.3": ["--precision", "float32", "--set", "pretrain.temperature=0.3"],
+    },
     # Fine-tuning from one pretrained network (--pretrained: the run dir of a full validation
     # run of the job, whose pretrain/ is copied into each variant's run dir).
     "finetune": {
