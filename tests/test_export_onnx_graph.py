@@ -152,6 +152,16 @@ def test_other_convolutions_are_left_alone(variant):
     assert model.SerializeToString() == before
 
 
+def test_a_convolution_sharing_its_weights_is_left_alone():
+    model = _sliced_conv_model()
+    model.graph.node.append(helper.make_node("Conv", ["x", "w"], ["other"], pads=[1, 1, 1, 1]))
+    model.graph.output.append(
+        helper.make_tensor_value_info("other", TensorProto.FLOAT, ["batch", 8, 6, 6]))
+    before = model.SerializeToString()
+    assert split_sliced_convolutions(model) == 0
+    assert model.SerializeToString() == before
+
+
 def test_a_convolution_read_by_more_than_slices_is_left_alone():
     model = _sliced_conv_model(relu=False, slices=((0, 8),))
     model.graph.output.append(

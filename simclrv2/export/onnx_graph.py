@@ -1,4 +1,4 @@
-"""Rewrites of the converted ONNX graph that change what onnxruntime can prove, not what it computes.
+"""Rewrites of the converted ONNX graph that change how runtimes can run it, not what it computes.
 
 tf2onnx writes the NHWC->NCHW transposes of 1x1 tensors (the selective-kernel gate, the pooled
 features) as Reshapes to `[-1, C, 1, 1]`. ONNX shape inference cannot carry the symbolic batch
@@ -79,24 +79,22 @@ def keep_batch_in_reshapes(proto):
 
 
 def _constant_ints(initializers, name):
-    from onnx import TensorProto
+    from onnx import TensorProto, numpy_helper
 
     if name not in initializers or initializers[name].data_location == TensorProto.EXTERNAL:
         return None  # not a constant, or one this rewrite would have to read from disk
-    from onnx import numpy_helper
-
     return [int(v) for v in numpy_helper.to_array(initializers[name]).reshape(-1)]
 
 
-def _channel_range(slice_node, initializers, channels):
-    """(start, end) of a Slice that takes a run of channels (axis 1 of a 4-D NCHW tensor) with
-    step 1, else None."""
+def _channel_range(slice_node, initializers, channels, rank):
+    """(start, end) of a Slice that takes a run of channels (axis 1 of a rank-`rank` NCHW
+    tensor) with step 1, else None."""
     inputs = list(slice_node.input) + [""] * (5 - len(slice_node.input))
     starts, ends = (_constant_ints(initializers, inputs[i]) for i in (1, 2))
     axes = _constant_ints(initializers, inputs[3]) if inputs[3] else [0]
     steps = _constant_ints(initializers, inputs[4]) if inputs[4] else [1]
     if (starts is None or ends is None or axes is None or steps is None
-            or len(starts) != 1 or axes[0] not in (1, -3) or steps != [1]):
+            or len(starts) != 1 or axes[0] not in (1, 1 - rank) or steps != [1]):
         return None
     start, end = (min(max(v + channels if v < 0 else v, 0), channels) for v in (starts[0], ends[0]))
     return (start, end) if start < end else None
@@ -162,7 +160,10 @@ def split_sliced_convolutions(proto):
         if not users or streams in outputs or any(u.op_type != "Slice" for u in users):
             continue
         weights = initializers[conv.input[1]]
-        ranges = [_channel_range(u, initializers, weights.dims[0]) for u in users]
+        if any(len(readers[name]) != 1 for name in conv.input[1:] if name):
+            continue  # weights shared with another node keep their one initializer
+        ranges = [_channel_range(u, initializers, weights.dims[0], len(weights.dims))
+                  for u in users]
         if any(r is None for r in ranges):
             continue
         bias = initializers.get(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
