@@ -86,6 +86,25 @@ def test_external_data_export_loads_from_a_moved_directory_and_matches_keras(
         assert np.max(np.abs(got[ours] - ref[theirs])) / scale <= MATCH, ours
 
 
+def test_an_external_data_sk_export_splits_its_slices_by_offset_and_matches_keras(
+        tmp_path, external):
+    # The selective-kernel streams' convolutions are split into one per slice: with external
+    # data, their halves are offsets into model.onnx.data (onnx_graph.split_sliced_convolutions).
+    sk = zoo.build("r50_0.25x_sk1", num_classes=10, input_shape=(SIDE, SIDE, 3))  # r18 has no SK
+    out = tmp_path / "exp"
+    export_model(sk, out, formats="onnx")
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
+    assert "Slice" not in {node.op_type for node in graph.node}
+    halves = [t for t in graph.initializer if "__channels_" in t.name]
+    assert halves and all(t.data_location == onnx.TensorProto.EXTERNAL for t in halves
+                          if np.prod(t.dims) * 4 >= 1024)
+    images = _images(3, seed=6)
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(["logits"], {"images": images})[0]
+    ref = np.asarray(sk(images, training=False)["logits_sup"])
+    assert np.max(np.abs(got - ref)) / max(float(np.max(np.abs(ref))), 1e-12) <= MATCH
+
+
 def test_an_external_data_export_is_replaced_by_overwrite(model, tmp_path, external):
     """model.onnx.data is part of the export: --overwrite replaces it with the rest."""
     out = tmp_path / "exp"

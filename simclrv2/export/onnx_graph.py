@@ -141,13 +141,15 @@ def split_sliced_convolutions(proto):
     number of convolutions split."""
     graph = proto.graph
     initializers = {t.name: t for t in graph.initializer}
+    # One list of the nodes, read throughout: its objects are what the id()s below name.
+    all_nodes = list(graph.node)
     readers = {}
-    for node in graph.node:
+    for node in all_nodes:
         for name in node.input:
             readers.setdefault(name, []).append(node)
     outputs = {o.name for o in graph.output}
     replacements, removed, dropped_values = {}, set(), set()
-    for conv in graph.node:
+    for conv in all_nodes:
         if (conv.op_type != "Conv" or any(a.name == "group" and a.i != 1 for a in conv.attribute)
                 or conv.input[1] not in initializers
                 or (len(conv.input) > 2 and conv.input[2] and conv.input[2] not in initializers)):
@@ -190,7 +192,7 @@ def split_sliced_convolutions(proto):
     if not replacements:
         return 0
     nodes = []
-    for node in graph.node:
+    for node in all_nodes:
         nodes.extend(replacements.get(id(node), []))
         if id(node) not in removed:
             nodes.append(node)
