@@ -127,18 +127,14 @@ def _rows(tensor, start, end, name):
     return part
 
 
-def _node(op_type, inputs, outputs, name):
-    import onnx
-
-    return onnx.helper.make_node(op_type, inputs, outputs, name=name)
-
-
 def split_sliced_convolutions(proto):
     """Rewrites, in place, each Conv (group 1, constant weights) whose output, directly or
     through one Relu, is read only by channel Slices: one Conv (and Relu) per Slice, computing
     that Slice's channels from its rows of the weights and bias, writing the Slice's output.
     The same function: each output channel is the same sum of the same products. Returns the
     number of convolutions split."""
+    from onnx.helper import make_node
+
     graph = proto.graph
     initializers = {t.name: t for t in graph.initializer}
     # One list of the nodes, read throughout: its objects are what the id()s below name.
@@ -180,11 +176,12 @@ def split_sliced_convolutions(proto):
                 graph.initializer.append(part)
                 inputs.append(part.name)
             result = user.output[0] if relu is None else user.output[0] + "__conv"
-            part_conv = _node("Conv", inputs, [result], conv.name + suffix)
+            part_conv = make_node("Conv", inputs, [result], name=conv.name + suffix)
             part_conv.attribute.extend(conv.attribute)
             nodes.append(part_conv)
             if relu is not None:
-                nodes.append(_node("Relu", [result], [user.output[0]], relu.name + suffix))
+                nodes.append(make_node("Relu", [result], [user.output[0]],
+                                       name=relu.name + suffix))
             removed.add(id(user))
         replacements[id(conv)] = nodes
         removed.update({id(conv)} | ({id(relu)} if relu is not None else set()))
