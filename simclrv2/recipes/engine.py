@@ -19,6 +19,7 @@ import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
 from simclrv2 import precision as precision_lib
+from simclrv2.data import release
 from simclrv2.recipes import stage_clock
 from simclrv2.recipes.config import ConfigError
 
@@ -374,8 +375,11 @@ def train_loop(*, config, strategy, model_dir, trackables, optimizer, replica_st
             with stage_clock.part("checkpoints"):
                 manager.save(checkpoint_number=step)
         # The input pipeline's threads stop with its iterator: let them go before the stage's
-        # final evaluation, which they would otherwise compete with for the cores.
+        # final evaluation, which they would otherwise compete with for the cores. Its
+        # destruction waits for the pipeline's sleeping autotuning thread (simclrv2.data.release).
+        references = [iterator, dist_ds]
         del iterator, dist_ds
+        release.drop_in_background(references)
     finally:
         if bar is not None:
             bar.close()

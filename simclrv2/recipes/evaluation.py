@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from simclrv2.artifacts import endpoint
+from simclrv2.data import release
 from simclrv2.recipes import data_io, engine, objectives, stage_clock
 
 # One traced inference function per (model, endpoint): a new tf.function on every call retraced
@@ -35,12 +36,17 @@ def predict(model, key, dataset, limit=0):
     fn = fns[key]
     outs, labels, seen = [], [], 0
     with stage_clock.part("evaluation"):
-        for images, y in dataset:
+        iterator = iter(dataset)
+        for images, y in iterator:
             outs.append(fn(images).numpy())
             labels.append(np.asarray(y))
             seen += len(labels[-1])
             if limit and seen >= limit:
                 break
+        # Not dropped here: its destruction waits for the pipeline's autotuning thread.
+        references = [iterator]
+        del iterator
+        release.drop_in_background(references)
     outs, labels = np.concatenate(outs), np.concatenate(labels)
     return (outs[:limit], labels[:limit]) if limit else (outs, labels)
 
