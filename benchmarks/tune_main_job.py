@@ -69,9 +69,11 @@ GROUPS = {
     },
     # The default plan (0.5x, 28 px, 480 steps) in float32, where the linear eval's lead over
     # the pixels is narrowest: the pretraining learning rate and temperature, chosen at 0.25x
-    # and 16 px and not swept again since.
+    # and 16 px and not swept again since; then a third more pretraining steps, the lever left
+    # when neither moved it.
     "pretrain_float32_plan": {
         "f32_base": ["--precision", "float32"],
+        "f32_s640": ["--precision", "float32", "--steps", "640"],
         "f32_lr0.1": ["--precision", "float32", "--set", "pretrain.learning_rate=0.1"],
         "f32_lr0.4": ["--precision", "float32", "--set", "pretrain.learning_rate=0.4"],
         "f32_t0.1": ["--precision", "float32", "--set", "pretrain.temperature=0.1"],
