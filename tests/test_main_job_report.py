@@ -74,10 +74,15 @@ def test_stage_time_split_reads_the_clock_each_run_recorded(tmp_path):
         (tmp_path / name).mkdir()
         (tmp_path / name / "result.json").write_text(json.dumps({"time_s": times}))
         stages.append((name, name, {"model_dir": str(tmp_path / name), "train_steps": 10}))
-    split = time_split({"stage_wall_s": {"pretrain": 50.0, "lineareval": 20.0}}, stages)
+    split = time_split({"stage_wall_s": {"pretrain": 50.0, "lineareval": 20.0, "export": 6.0}},
+                       stages)
     assert split["pretrain"]["steps_s"] == 30.0 and split["pretrain"]["fixed_s"] == 20.0
     assert split["pretrain"]["fixed_parts_s"] == {"setup": 5.0, "trace": 3.0, "evaluation": 8.0,
                                                   "checkpoints": 2.0, "save": 2.0}
     assert split["lineareval"]["steps_s"] == 9.0 and split["lineareval"]["fixed_s"] == 11.0
     assert split["total"]["fixed_parts_s"]["evaluation"] == 18.0
     assert split["total"]["steps_s"] + split["total"]["fixed_s"] == split["total"]["wall_s"]
+    # The export is a fixed cost of its own, so the total's parts add up to its fixed costs.
+    assert split["total"]["fixed_parts_s"]["export"] == 6.0
+    assert sum(split["total"]["fixed_parts_s"].values()) == pytest.approx(
+        split["total"]["fixed_s"], abs=1e-9)

@@ -192,6 +192,9 @@ def time_split(job, stages):
         for key, seconds in part.get("fixed_parts_s", {}).items():
             fixed_parts[key] = round(fixed_parts.get(key, 0.0) + seconds, 1)
     if fixed_parts:
+        # The export is fixed cost whole: named, so that the total's parts add up to its fixed_s.
+        if "export" in split:
+            fixed_parts["export"] = split["export"]["fixed_s"]
         totals["fixed_parts_s"] = fixed_parts
     split["total"] = totals
     return split
