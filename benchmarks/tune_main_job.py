@@ -126,12 +126,13 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     variants = GROUPS[args.group]
     if args.variants:
-        unknown = [k for k in args.variants.split(",") if k not in variants]
+        names = args.variants.split(",")
+        unknown = [k for k in names if k not in variants]
         if unknown:
             print(f"tune_main_job.py: --variants {','.join(unknown)}: not in group {args.group} "
                   f"(it has {', '.join(variants)})", file=sys.stderr)
             return 2
-        variants = {k: variants[k] for k in args.variants.split(",")}
+        variants = {k: variants[k] for k in names}
     out = pathlib.Path(args.out)
     done = set()
     if out.exists():
