@@ -48,3 +48,47 @@ def test_pinned_threshold_returns_freed_blocks_that_the_dynamic_one_keeps():
 def test_an_explicit_malloc_setting_is_kept():
     pinned, _ = _held_mb("pin", MALLOC_MMAP_THRESHOLD_="4194304")
     assert pinned == "False"
+
+
+class _Cycle:
+    def __init__(self):
+        self.me = self
+
+
+def test_collections_within_the_scope_skip_old_objects_and_still_free_new_cycles():
+    import gc
+    import weakref
+
+    from simclrv2 import process_memory
+
+    assert gc.get_freeze_count() == 0
+    garbage_at_entry = _Cycle()
+    garbage_ref = weakref.ref(garbage_at_entry)
+    del garbage_at_entry
+    old = _Cycle()
+    old_ref = weakref.ref(old)
+    with process_memory.collecting_new_objects_only():
+        assert garbage_ref() is None, "the garbage present on entry was not collected"
+        assert gc.get_freeze_count() > 0
+        new = _Cycle()
+        new_ref = weakref.ref(new)
+        del new, old
+        gc.collect()
+        assert new_ref() is None, "a cycle made within the scope survived a collection"
+        assert old_ref() is not None, "an object alive on entry was walked by the collector"
+    assert gc.get_freeze_count() == 0
+    gc.collect()
+    assert old_ref() is None, "what died within the scope was not collected after it"
+
+
+def test_an_inner_scope_leaves_the_enclosing_freeze_alone():
+    import gc
+
+    from simclrv2 import process_memory
+
+    with process_memory.collecting_new_objects_only():
+        frozen = gc.get_freeze_count()
+        with process_memory.collecting_new_objects_only():
+            assert gc.get_freeze_count() == frozen
+        assert gc.get_freeze_count() == frozen
+    assert gc.get_freeze_count() == 0

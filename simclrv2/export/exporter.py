@@ -91,7 +91,7 @@ def export_model(model, out_dir, formats=FORMATS, image_size=None, stage=None, p
     # Held from here to the rename into place: a second export to the same out_dir is refused
     # before it loads anything, and could not replace the directory this one is placing.
     with DirectoryLock(out, beside=True, option="another --out"), \
-            precision_lib.float32_policy():
+            precision_lib.float32_policy(), process_memory.collecting_new_objects_only():
         return _export(model, out, options, started)
 
 

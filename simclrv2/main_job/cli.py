@@ -12,7 +12,7 @@ import pathlib
 import sys
 import time
 
-from simclrv2 import errors
+from simclrv2 import errors, process_memory
 from simclrv2.dir_lock import DirectoryLock
 from simclrv2.atomic_files import read_json, write_json
 from simclrv2.main_job import report, settings
@@ -232,7 +232,8 @@ def _job(args, run, started, sizing):
           f"{', evaluated on the validation split' if args.validation else ''}; "
           f"{describe_plan(args)})")
     try:
-        export_report = _run_stages(args, run, stages, started)
+        with process_memory.collecting_new_objects_only():
+            export_report = _run_stages(args, run, stages, started)
     except KeyboardInterrupt:
         print("\nsimclrv2 run: interrupted; finished stages are kept and the current one resumes "
               "from its last checkpoint when you run the same command again.", file=sys.stderr)

@@ -13,6 +13,7 @@ import time
 
 import tensorflow as tf
 
+from simclrv2 import process_memory
 from simclrv2.atomic_files import replacing, write_json
 from simclrv2.dir_lock import DirectoryLock
 from simclrv2.recipes import engine, memory_estimate, stage_clock
@@ -38,7 +39,7 @@ def guarded(stage_function):
         held_before = set(_HELD)
         failed = True
         try:
-            with stage_clock.running():
+            with stage_clock.running(), process_memory.collecting_new_objects_only():
                 result = stage_function(config)
             failed = False
             return result
