@@ -28,9 +28,9 @@ SETTABLE = ("pixels", "pretrain", "lineareval", "finetune", "scratch", "distill"
 # The whole-job estimate multiplies them by the pretraining step this run measured; they come
 # from a run of the job with its stage times split into steps and fixed costs (docs/main_job.md,
 # "Time").
-STAGE_COST = {"pixels": (43.0, 0.0), "pretrain": (37.0, 1.0), "lineareval": (100.0, 0.0),
-              "finetune": (26.0, 0.30), "scratch": (15.0, 0.25), "distill": (13.0, 0.25),
-              "student": (10.0, 0.12), "export": (11.0, 0.0)}
+STAGE_COST = {"pixels": (48.0, 0.0), "pretrain": (9.0, 1.0), "lineareval": (85.0, 0.0),
+              "finetune": (16.0, 0.31), "scratch": (14.0, 0.28), "distill": (11.0, 0.25),
+              "student": (8.0, 0.11), "export": (12.0, 0.0)}
 # The job's budget (only with --budget-minutes): minutes of stage time. The default step counts fill it on the reference
 # host (REFERENCE, measured there with the default options: seconds per pretraining step, and the
 # stage time that does not depend on the step counts; docs/main_job.md); with --budget-minutes
