@@ -150,11 +150,15 @@ def _clocked(wall, times):
     """(training seconds, fixed parts) of a stage from its result.json's clock: the optimiser's
     steps and iterations are training, the rest fixed; what the job spent around the stage's
     call (importing, resolving its inputs) joins `setup`."""
-    training = sum(times[part] for part in stage_clock.TRAINING_PARTS)
-    fixed = {part: round(times[part], 1) for part in stage_clock.PARTS
-             if part not in stage_clock.TRAINING_PARTS}
-    fixed["setup"] = round(fixed["setup"] + max(wall - times["wall_s"], 0.0), 1)
-    return min(training, wall), fixed
+    training = min(sum(times[part] for part in stage_clock.TRAINING_PARTS), wall)
+    named = [part for part in stage_clock.PARTS
+             if part not in stage_clock.TRAINING_PARTS and part != "setup"]
+    fixed = {part: round(times[part], 1) for part in named}
+    # `setup` is what the other rounded parts leave of the rounded fixed time (the job's overhead
+    # around the call included): each part rounded on its own would not add up to the whole.
+    fixed_s = round(wall, 1) - round(training, 1)
+    setup = round(max(fixed_s - sum(fixed.values()), 0.0), 1)
+    return training, {"setup": setup, **fixed}
 
 
 def _median_stepped(wall, kind, values):
