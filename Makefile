@@ -13,6 +13,10 @@ BACKENDS_STAMP := $(VENV)/.installed-backends
 TORCH_PIP_ARGS ?=
 FMNIST  := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 PYTEST_ARGS ?=
+# `make test` runs the suite in this many pytest processes (pytest-xdist), a test file to one of
+# them at a time: much of a test's time is single-threaded Python (building and tracing models,
+# starting subprocesses), which a second process overlaps. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 BAZEL   ?= /usr/bin/bazel
 BAZEL_ARGS ?=
 
@@ -45,7 +49,7 @@ $(BAZEL):
 	fi
 
 test: setup
-	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The zoo on Keras' PyTorch and JAX backends without TensorFlow, the docs' PyTorch and JAX code,
 # the GPU check on CPU: setup.cfg's `backends` extra (PyTorch, ~850 MB) is installed only here.
@@ -59,7 +63,7 @@ test-backends: setup $(BACKENDS_STAMP)
 	  tests/test_benchmark_gpu.py tests/test_recipes_portable_objectives.py $(PYTEST_ARGS)
 
 test-all: setup
-	$(PYTHON) -m pytest -q --runslow $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --runslow $(PYTEST_ARGS)
 
 run: setup
 	$(PYTHON) -m simclrv2 run
