@@ -1,6 +1,7 @@
 """Shared test set-up: quiet TensorFlow, threads sized for 2 cores, the `slow` and `backends`
 markers, and what the resume tests compare (a run's latest checkpoint, value by value)."""
 
+import gzip
 import os
 import pathlib
 
@@ -95,3 +96,23 @@ def peak_above_runtime(main, argv):
     assert done.returncode == 0, done.stderr[-3000:]
     runtime, peak = map(int, done.stdout.split()[-2:])
     return peak - runtime
+
+
+def write_idx(path, array):
+    """`array` (uint8) as an idx .gz file, the format of Debian's Fashion-MNIST."""
+    magic = 0x800 | array.ndim
+    header = magic.to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.tobytes())
+
+
+def write_fashion_mnist(folder, images, labels):
+    """Both splits of Fashion-MNIST in Debian's layout in `folder`, each of `images` [N, 28, 28]
+    and `labels` [N] (uint8); returns the images files."""
+    folder.mkdir(exist_ok=True)
+    written = []
+    for prefix in ("train", "t10k"):
+        written.append(folder / f"{prefix}-images-idx3-ubyte.gz")
+        write_idx(written[-1], images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return written

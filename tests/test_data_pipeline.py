@@ -12,6 +12,7 @@ try:
 except RuntimeError:
     pass
 
+from conftest import write_fashion_mnist
 from simclrv2.data import (DataNotFoundError, eval_dataset, finetune_dataset, label_subset,
                            load_labeled, load_subset, load_unlabeled, pretrain_dataset, save_subset,
                            subset_for_run)
@@ -142,22 +143,10 @@ def test_label_subsets_are_balanced_seeded_and_saved(small, tmp_path):
     np.testing.assert_array_equal(subset_for_run(labels, str(path), fraction=0.1), one)
 
 
-def _write_fashion_mnist(folder, count, fill):
-    import gzip
-    folder.mkdir(exist_ok=True)
-    for prefix in ("train", "t10k"):
-        for suffix, magic, array in (
-                ("images-idx3-ubyte.gz", 0x803, np.full((count, 28, 28), fill, np.uint8)),
-                ("labels-idx1-ubyte.gz", 0x801, np.arange(count, dtype=np.uint8) % 10)):
-            header = magic.to_bytes(4, "big") + b"".join(
-                d.to_bytes(4, "big") for d in array.shape)
-            with gzip.open(folder / f"{prefix}-{suffix}", "wb") as f:
-                f.write(header + array.tobytes())
-
-
 def test_fashion_mnist_is_decoded_once_shared_read_only_and_reread_when_replaced(tmp_path):
     from simclrv2.data import load_fashion_mnist
-    _write_fashion_mnist(tmp_path / "fm", 20, 7)
+    labels = np.arange(30, dtype=np.uint8) % 10
+    write_fashion_mnist(tmp_path / "fm", np.full((20, 28, 28), 7, np.uint8), labels[:20])
     first = load_fashion_mnist("train", str(tmp_path / "fm"))
     again = load_fashion_mnist("train", str(tmp_path / "fm"), unlabeled=True)
     assert again.images is first.images  # decoded once
@@ -165,6 +154,7 @@ def test_fashion_mnist_is_decoded_once_shared_read_only_and_reread_when_replaced
     assert (again.labels == -1).all() and list(first.labels[:3]) == [0, 1, 2]
     with pytest.raises(ValueError, match="read-only"):
         first.images[0, 0, 0, 0] = 1  # shared between callers: nobody may write into it
-    _write_fashion_mnist(tmp_path / "fm", 30, 9)  # new files at the same paths
+    # New files at the same paths.
+    write_fashion_mnist(tmp_path / "fm", np.full((30, 28, 28), 9, np.uint8), labels)
     replaced = load_fashion_mnist("train", str(tmp_path / "fm"))
     assert replaced.num_examples == 30 and int(replaced.images[0, 16, 16, 0]) == 9

@@ -7,7 +7,6 @@ the row's own empty folder. Most rows fail before TensorFlow does any real work.
 """
 
 import errno
-import gzip
 import pathlib
 import shutil
 import zipfile
@@ -15,6 +14,7 @@ import zipfile
 import numpy as np
 import pytest
 
+from conftest import write_fashion_mnist
 from simclrv2 import cli, errors
 
 OUT = "{tmp}/out"
@@ -49,12 +49,9 @@ def bad(tmp_path_factory):
         shutil.copytree(sm, d / name)
         _truncate(d / name / part)
     # Fashion-MNIST in the Debian layout, every images file a truncated gzip.
-    fm = d / "fmnist_trunc"
-    fm.mkdir()
-    for prefix in ("train", "t10k"):
-        _write_idx(fm / f"{prefix}-images-idx3-ubyte.gz", 0x803, np.zeros((20, 28, 28), np.uint8))
-        _write_idx(fm / f"{prefix}-labels-idx1-ubyte.gz", 0x801, np.arange(20, dtype=np.uint8) % 10)
-        _truncate(fm / f"{prefix}-images-idx3-ubyte.gz")
+    for images in write_fashion_mnist(d / "fmnist_trunc", np.zeros((20, 28, 28), np.uint8),
+                                      np.arange(20, dtype=np.uint8) % 10):
+        _truncate(images)
     return d
 
 
@@ -72,12 +69,6 @@ def _damage_largest_member(source, target):
     offset = member.header_offset + 30 + len(member.filename.encode()) + len(member.extra)
     data[offset + member.compress_size // 2] ^= 0xFF
     target.write_bytes(bytes(data))
-
-
-def _write_idx(path, magic, array):
-    header = magic.to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.tobytes())
 
 
 def _disk_full(monkeypatch):

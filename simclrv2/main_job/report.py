@@ -138,27 +138,24 @@ def print_aims(judged):
 def _parts(wall_s, steps_s, fixed=None):
     """A stage's time to a tenth of a second, its fixed part what is left of the rounded wall
     time after the rounded steps: the parts add up to the whole, in each stage and in total.
-    `fixed`, when known: the fixed part's own parts (stage_clock), job overhead in `setup`."""
+    `fixed`, when known: the fixed part's own parts but `setup` (stage_clock), rounded; `setup`
+    is what they leave of the fixed part (the job's overhead around the call included), since
+    each part rounded on its own would not add up to the whole."""
     wall, steps = round(wall_s, 1), round(steps_s, 1)
     parts = {"wall_s": wall, "steps_s": steps, "fixed_s": round(wall - steps, 1)}
     if fixed is not None:
-        parts["fixed_parts_s"] = fixed
+        setup = round(max(parts["fixed_s"] - sum(fixed.values()), 0.0), 1)
+        parts["fixed_parts_s"] = {"setup": setup, **fixed}
     return parts
 
 
 def _clocked(wall, times):
-    """(training seconds, fixed parts) of a stage from its result.json's clock: the optimiser's
-    steps and iterations are training, the rest fixed; what the job spent around the stage's
-    call (importing, resolving its inputs) joins `setup`."""
+    """(training seconds, fixed parts but `setup`) of a stage from its result.json's clock: the
+    optimiser's steps and iterations are training, the rest fixed (`_parts` derives `setup`)."""
     training = min(sum(times[part] for part in stage_clock.TRAINING_PARTS), wall)
-    named = [part for part in stage_clock.PARTS
-             if part not in stage_clock.TRAINING_PARTS and part != "setup"]
-    fixed = {part: round(times[part], 1) for part in named}
-    # `setup` is what the other rounded parts leave of the rounded fixed time (the job's overhead
-    # around the call included): each part rounded on its own would not add up to the whole.
-    fixed_s = round(wall, 1) - round(training, 1)
-    setup = round(max(fixed_s - sum(fixed.values()), 0.0), 1)
-    return training, {"setup": setup, **fixed}
+    fixed = {part: round(times[part], 1) for part in stage_clock.PARTS
+             if part not in stage_clock.TRAINING_PARTS and part != "setup"}
+    return training, fixed
 
 
 def _median_stepped(wall, kind, values):
