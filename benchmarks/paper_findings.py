@@ -62,7 +62,7 @@ def parse_args(argv):
                    help=f"one of {', '.join(parts.PARTS)}, a comma list, or all")
     p.add_argument("--epochs", default=None,
                    help="pretraining epochs of every network of the part (default 4; the batch "
-                        "part takes levels, default 2,4)")
+                        "part takes levels, default 1,2)")
     p.add_argument("--seeds", type=int, default=3, help="seeds of every downstream stage "
                    "(default 3, at least 2: a standard error needs two)")
     p.add_argument("--widths", default="0.25,0.5", help="ResNet-18 widths: narrow,wide "
@@ -101,7 +101,7 @@ def parse_args(argv):
             float(e) for e in args.epochs.split(","))
     except ValueError:
         p.error(f"--widths {args.widths!r} / --epochs {args.epochs!r}: expected numbers such "
-                f"as 0.25,0.5 and 4 (or 2,4 for the batch part)")
+                f"as 0.25,0.5 and 4 (or 1,2 for the batch part)")
     if args.seeds < 2:
         p.error("--seeds must be >= 2: the standard error of a seed mean needs two seeds")
     if epochs is not None and min(epochs) <= 0:
@@ -276,6 +276,9 @@ class _Tee(io.TextIOBase):
 
 
 def print_findings(result):
+    for choice in result.get("choices", []):
+        candidates = ", ".join(f"{k}: {100 * v:.2f}%" for k, v in choice["candidates"].items())
+        print(f"chosen on validation: {choice['what']}: {choice['chosen']} ({candidates})")
     for f in result["findings"]:
         verdict = "REPRODUCED    " if f["reproduced"] else "NOT REPRODUCED"
         print(f"{verdict} {f['id']} {f['claim']}")

@@ -101,7 +101,9 @@ def test_no_setting_is_read_from_the_test_split(smoke):
             assert choice["on"] == "validation"
             candidates = choice["candidates"]
             best = max(candidates, key=candidates.get)
-            assert str(choice["chosen"]) in (best, str(float(best)))
+            chosen = choice["chosen"]
+            assert str(chosen) == best or (not isinstance(chosen, str)
+                                           and float(chosen) == float(best))
     for config in work.glob("*/config.json"):
         assert json.loads(config.read_text())["config"]["eval_split"] == "validation", config
     # The test split is read only after the part's last training run.
@@ -125,6 +127,32 @@ def test_head_choice_follows_validation_not_test(smoke):
                 validation.setdefault(layer, []).append(row["validation_top1"])
         means = {k: sum(v) / len(v) for k, v in validation.items()}
         assert str(choice["chosen"]) == max(means, key=means.get)
+
+
+def test_each_batch_size_goes_on_with_the_learning_rate_rule_validation_prefers(bench, smoke):
+    """Every batch size is pretrained under each rule; its rows (linear eval, fine-tuned) and
+    the compared network are the rule with the better validation linear eval."""
+    from findings import parts
+
+    _, results = smoke
+    result = results["batch"]
+    assert len(result["choices"]) == len(parts.SMOKE.batches) * 2  # two epoch levels
+    pretrained = {(n["batch"], n["nominal_epochs"], n["lr_rule"])
+                  for n in result["epochs"].values()}
+    assert len(pretrained) == len(result["epochs"]) == len(result["choices"]) * len(
+        parts.LEARNING_RATE_RULES)
+    compared = {label for group in result["findings"][0]["networks"] for label in group}
+    for choice in result["choices"]:
+        assert set(choice["candidates"]) == set(parts.LEARNING_RATE_RULES)
+        candidates = choice["candidates"]
+        assert choice["chosen"] == max(candidates, key=candidates.get)
+        size, epochs = choice["what"].split(":")[0].replace("batch ", "").split(", ")
+        row = next(r for r in result["rows"]
+                   if r["key"] == f"linear eval, batch {size}, {epochs}")
+        assert row["validation_top1"] == candidates[choice["chosen"]]
+        chosen = [label for label in compared
+                  if f"batch {size} {epochs}, lr " in label]
+        assert chosen == [f"r18_0.25x_sk0 batch {size} {epochs}, lr {choice['chosen']}"]
 
 
 def test_report_prints_all_seven_findings(bench, smoke, capsys, tmp_path):

@@ -16,6 +16,15 @@ import math
 from simclrv2.zoo.config import model_name
 
 
+# The batch part's learning-rate rules, each a set of pretraining-recipe overrides: the recipe's
+# square-root rule (SimCLRv2's), which SimCLR v1's appendix B.1 finds kinder to small batches
+# at few epochs, and SimCLR v1's default linear rule (0.3 x B / 256), its Figure 9's.
+LEARNING_RATE_RULES = {
+    "sqrt": {},
+    "linear": {"learning_rate": 0.3, "learning_rate_scaling": "linear"},
+}
+
+
 @dataclasses.dataclass
 class Sizes:
     """What a part's runs read and how long they train, besides the pretraining epochs."""
@@ -85,21 +94,25 @@ class Context:
         self.seeds, self.widths = list(range(seeds)), tuple(sorted(widths))
         self.networks = {}
 
-    def pretrain(self, label, arch, epochs, batch=None, head_layers=3):
+    def pretrain(self, label, arch, epochs, batch=None, head_layers=3, lr_rule=None):
+        """`lr_rule`: a name in LEARNING_RATE_RULES (None: the pretraining recipe's)."""
         batch = batch or self.sizes.pretrain_batch
         micro = self.sizes.micro_batch if batch > self.sizes.micro_batch else 0
         steps = self.sizes.steps_for(epochs, batch)
+        rule = LEARNING_RATE_RULES[lr_rule] if lr_rule else {}
         # Named by what it is, not by the part's label, so that parts share a network.
+        name = f"pretrain_{arch}_b{batch}_n{steps}_h{head_layers}"
+        name += f"_lr{lr_rule}" if rule else ""
         ref = self.runner.run(
-            "pretrain", f"pretrain_{arch}_b{batch}_n{steps}_h{head_layers}", model=arch,
-            global_batch_size=batch,
+            "pretrain", name, model=arch, global_batch_size=batch,
             micro_batch_size=micro, train_steps=steps, num_proj_layers=head_layers, seed=0,
-            knn_bank_size=self.sizes.knn_bank_size)
+            knn_bank_size=self.sizes.knn_bank_size, **rule)
         self.networks[label] = {"arch": arch, "batch": batch, "micro_batch": micro,
                                 "head_layers": head_layers, "steps": steps,
                                 "nominal_epochs": epochs,
                                 "epochs": steps * batch / self.sizes.train_after_validation,
-                                "run": ref.directory.name}
+                                "run": ref.directory.name,
+                                **({"lr_rule": lr_rule} if lr_rule else {})}
         return ref
 
     def linear(self, pre):
@@ -314,17 +327,29 @@ def distill_loss(ctx):
 
 def batch(ctx):
     """B1 (issue 24; SimCLR v1, Figure 9): bigger contrastive batches at equal epochs, with
-    gradient caching above the micro-batch; most help when the epochs are few."""
+    gradient caching above the micro-batch; most help when the epochs are few. Every batch size
+    is pretrained under each learning-rate rule and goes on with the one its linear eval
+    prefers on validation."""
     width = ctx.widths[0]
     levels = sorted(ctx.epochs) if isinstance(ctx.epochs, (list, tuple)) else [ctx.epochs]
-    rows, groups = {}, []
+    rows, groups, choices = {}, [], []
     for epochs in levels:
         group = []
         for size in ctx.sizes.batches:
             label = f"{arch(width)} batch {size} {epochs:g} epochs"
-            pre = ctx.pretrain(label, arch(width), epochs, batch=size)
-            group.append(label)
-            rows[f"linear eval, batch {size}, {epochs:g} epochs"] = [ctx.linear(pre)]
+            candidates = {}
+            for rule in LEARNING_RATE_RULES:
+                pre = ctx.pretrain(f"{label}, lr {rule}", arch(width), epochs, batch=size,
+                                   lr_rule=rule)
+                candidates[rule] = (pre, ctx.linear(pre))
+            chosen = max(candidates, key=lambda r: candidates[r][1].validation_top1)
+            choices.append({"what": f"batch {size}, {epochs:g} epochs: the learning-rate rule",
+                            "chosen": chosen, "on": "validation",
+                            "candidates": {r: lin.validation_top1
+                                           for r, (_, lin) in candidates.items()}})
+            pre, lin = candidates[chosen]
+            group.append(f"{label}, lr {chosen}")
+            rows[f"linear eval, batch {size}, {epochs:g} epochs"] = [lin]
             rows[f"fine-tuned 1%, batch {size}, {epochs:g} epochs"] = [
                 ctx.finetune(pre, 1, s) for s in ctx.seeds]
         groups.append(group)
@@ -344,7 +369,7 @@ def batch(ctx):
               [(1, f"linear eval, batch {big}, {e:g} epochs"),
                (-1, f"linear eval, batch {small}, {e:g} epochs")]) for e in levels]
     return Outcome(ctx.networks, rows, [
-        {"id": "B1", "networks": groups, "conditions": conditions, "notes": notes}])
+        {"id": "B1", "networks": groups, "conditions": conditions, "notes": notes}], choices)
 
 
 def _mean(values):
@@ -370,7 +395,7 @@ PARTS = {
                        "--epochs, --scratch-max-epochs or --finetune-max-epochs"),
     "head": Part(head, 4.0, "--epochs or --seeds"),
     "distill": Part(distill_loss, 4.0, "--epochs or --seeds"),
-    "batch": Part(batch, (2.0, 4.0), "--epochs (the levels, e.g. 2,4) or --seeds"),
+    "batch": Part(batch, (1.0, 2.0), "--epochs (the levels, e.g. 1,2) or --seeds"),
 }
 # Which finding each part measures, for the report's "not run" rows.
 FINDING_PARTS = {"F1": "widths", "F2": "sk", "F3": "supervised", "F4": "head", "F5": "distill",
