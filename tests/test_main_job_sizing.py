@@ -154,3 +154,43 @@ def test_the_budget_times_the_runs_own_first_steps_which_it_then_continues(tmp_p
     values.update(knn_bank_size=100, num_eval_examples=100)
     result = run_stage(kind, values)
     assert (result["status"], result["steps"]) == ("done", TIMED_STEPS + 2)
+
+
+# Quiet default runs of the job committed under benchmarks/results, one per precision and seed.
+TIMED_RUNS = ["main_job-20261207T221419Z.json", "main_job-test-float32-seed0-20261207T225356Z.json",
+              "main_job-test-float32-seed1-20261207T231412Z.json"]
+
+
+@pytest.mark.parametrize("name", TIMED_RUNS)
+def test_the_whole_job_estimate_follows_the_precision_it_trains_in(name, tmp_path):
+    """The estimate printed after pretraining, from that run's own pretraining steps and the
+    stage costs of its precision, comes within 5% of the run's stage time; the other
+    precision's costs would not."""
+    from conftest import REPO_ROOT
+    from simclrv2.main_job.cli import parse_args
+    from simclrv2.main_job.plan import plan
+    from simclrv2.main_job.sizing import Progress
+
+    record = json.loads((REPO_ROOT / "benchmarks" / "results" / name).read_text())
+    options = record["options"]
+    args = parse_args(["--run-dir", str(tmp_path), "--steps", str(options["steps"]),
+                       "--finetune-steps", ",".join(map(str, options["finetune_steps"])),
+                       "--distill-steps", str(options["distill_steps"])])
+    stages = plan(args)
+    pretrain = next(values for stage, _, values in stages if stage == "pretrain")
+    step_s = record["stage_time_split"]["pretrain"]["steps_s"] / options["steps"]
+    os.makedirs(pretrain["model_dir"])
+    with open(os.path.join(pretrain["model_dir"], "metrics.jsonl"), "w") as metrics:
+        for step in range(0, 101, 10):
+            metrics.write(json.dumps({"kind": "train", "step": step, "time": step * step_s}) + "\n")
+    policy = record["training_precision"]["policy"]
+    estimates = {}
+    for assumed in ("mixed_bfloat16", "float32"):
+        clock = Progress(len(stages) + 1, 0.0, stages, args)
+        line = clock.measured(pretrain, assumed)
+        assert line.startswith(f"this host: {step_s:.3f} s per pretraining step")
+        estimates[assumed] = clock.seconds_left(1)
+    actual = record["total_stage_wall_s"]
+    assert abs(estimates[policy] / actual - 1) < 0.05, (estimates, actual)
+    other = "float32" if policy == "mixed_bfloat16" else "mixed_bfloat16"
+    assert abs(estimates[other] / actual - 1) > 0.05, (estimates, actual)

@@ -281,7 +281,7 @@ def _run_stages(args, run, stages, started):
             figure += f", kNN monitor {100 * result['knn_top1']:.2f}%"
         print(f"[{number}/{total}] {name}: {figure}, {result['wall_time_s']:.0f}s", flush=True)
         if kind == "pretrain":
-            estimate = clock.measured(values)
+            estimate = clock.measured(values, (result.get("precision") or {}).get("policy"))
             if estimate:
                 print(estimate, flush=True)
     if args.no_export:

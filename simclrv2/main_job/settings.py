@@ -24,15 +24,30 @@ STEP_OPTIONS = ("steps", "finetune_steps", "distill_steps")
 QUICK = dict(width=0.25, image_size=16, steps=6, finetune_steps=(4, 4), distill_steps=4)
 # The stage names --set may address (a prefix of the planned stages' names).
 SETTABLE = ("pixels", "pretrain", "lineareval", "finetune", "scratch", "distill", "student")
-# What each stage costs, in pretraining steps of the same host: (fixed, per step of its own).
-# The whole-job estimate multiplies them by the pretraining step this run measured; they come
-# from a run of the job with its stage times split into steps and fixed costs (docs/main_job.md,
-# "Time").
-STAGE_COST = {"pixels": (48.0, 0.0), "pretrain": (9.0, 1.0), "lineareval": (85.0, 0.0),
-              "finetune": (16.0, 0.31), "scratch": (14.0, 0.28), "distill": (11.0, 0.25),
-              "student": (8.0, 0.11), "export": (12.0, 0.0)}
-# The job's budget (only with --budget-minutes): minutes of stage time. The default step counts fill it on the reference
-# host (REFERENCE, measured there with the default options: seconds per pretraining step, and the
+# What each stage costs, in pretraining steps of the same host: (fixed, per step of its own),
+# for the precision the job trains in. The whole-job estimate multiplies them by the
+# pretraining step this run measured; they come from runs of the job with their stage times split
+# into steps and fixed costs (docs/main_job.md, "Time"). A stage's cost in pretraining steps
+# differs between the precisions: float32 slows the pretraining step more than the evaluations,
+# the logistic regression on pixels not at all.
+STAGE_COST = {
+    "mixed_bfloat16": {"pixels": (48.0, 0.0), "pretrain": (9.0, 1.0), "lineareval": (85.0, 0.0),
+                       "finetune": (16.0, 0.31), "scratch": (14.0, 0.28),
+                       "distill": (11.0, 0.25), "student": (8.0, 0.07), "export": (12.0, 0.0)},
+    "float32": {"pixels": (30.0, 0.0), "pretrain": (6.0, 1.0), "lineareval": (85.0, 0.0),
+                "finetune": (13.5, 0.26), "scratch": (13.5, 0.27), "distill": (7.5, 0.155),
+                "student": (6.5, 0.06), "export": (8.5, 0.0)},
+}
+
+
+def stage_cost(policy):
+    """`STAGE_COST` for the job's training precision; a policy no job was timed in (a GPU's
+    mixed_float16) takes the bfloat16 table, the other mixed policy."""
+    return STAGE_COST.get(policy, STAGE_COST["mixed_bfloat16"])
+
+
+# The job's budget (only with --budget-minutes): minutes of stage time. The default step counts
+# fill it on the reference host (REFERENCE, measured there with the default options: seconds per pretraining step, and the
 # stage time that does not depend on the step counts; docs/main_job.md); with --budget-minutes
 # the step counts not given on the command line are scaled from timed pretraining steps.
 REFERENCE = dict(pretrain_step_s=0.40, fixed_s=161.0, stepped_s=426.0)

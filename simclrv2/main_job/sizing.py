@@ -121,20 +121,25 @@ class Progress:
         self.costs = [(name, _cost_key(name, kind)) for name, kind, _ in stages]
         if not args.no_export:
             self.costs.append(("export", "export"))
-        self.step_s = None
+        self.step_s = self.cost = None
 
     def _stage_seconds(self, name, key):
-        fixed, per_step = settings.STAGE_COST[key]
+        fixed, per_step = self.cost[key]
         return (fixed + per_step * self.steps.get(name, 0)) * self.step_s
 
-    def measured(self, pretrain_values):
-        """The line that reports this host's pretraining step and the whole job's estimate, once
-        the pretraining stage has logged its steps; None when it logged too few to time."""
+    def seconds_left(self, number):
+        """The modelled stage time of stage `number` (from 1) and those after it."""
+        return sum(self._stage_seconds(name, key) for name, key in self.costs[number - 1:])
+
+    def measured(self, pretrain_values, policy):
+        """The line that reports this host's pretraining step and the whole job's estimate (for
+        the precision `policy` the job trains in), once the pretraining stage has logged its
+        steps; None when it logged too few to time."""
         step_s = budget.step_seconds(pathlib.Path(pretrain_values["model_dir"]) / "metrics.jsonl")
         if not step_s > 0:
             return None
-        self.step_s = step_s
-        whole = sum(self._stage_seconds(name, key) for name, key in self.costs)
+        self.step_s, self.cost = step_s, settings.stage_cost(policy)
+        whole = self.seconds_left(1)
         return (f"this host: {step_s:.3f} s per pretraining step; the whole job comes to about "
                 f"{_minutes(whole)} of stage time here")
 
@@ -142,6 +147,6 @@ class Progress:
         """'stage k of n, 1m05s elapsed, about 7m10s left' (the estimate once timed)."""
         text = f"stage {number} of {self.total}, {_minutes(time.time() - self.started)} elapsed"
         if self.step_s:
-            left = sum(self._stage_seconds(name, key) for name, key in self.costs[number - 1:])
+            left = self.seconds_left(number)
             text += f", about {_minutes(left)} left"
         return text
