@@ -18,7 +18,7 @@ from simclrv2.zoo.config import model_name
 
 # The batch part's learning-rate rules, each a set of pretraining-recipe overrides: the recipe's
 # square-root rule (SimCLRv2's), which SimCLR v1's appendix B.1 finds kinder to small batches
-# at few epochs, and SimCLR v1's default linear rule (0.3 x B / 256), its Figure 9's.
+# at few epochs, and SimCLR v1's default, linear in the batch (0.3 x B / 256).
 LEARNING_RATE_RULES = {
     "sqrt": {},
     "linear": {"learning_rate": 0.3, "learning_rate_scaling": "linear"},

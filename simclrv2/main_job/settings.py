@@ -47,9 +47,10 @@ def stage_cost(policy):
 
 
 # The job's budget (only with --budget-minutes): minutes of stage time. The default step counts
-# fill it on the reference host (REFERENCE, measured there with the default options: seconds per pretraining step, and the
-# stage time that does not depend on the step counts; docs/main_job.md); with --budget-minutes
-# the step counts not given on the command line are scaled from timed pretraining steps.
+# fill it on the reference host (REFERENCE, measured there with the default options: seconds per
+# pretraining step, and the stage time that does not depend on the step counts;
+# docs/main_job.md); with --budget-minutes the step counts not given on the command line are
+# scaled from timed pretraining steps.
 REFERENCE = dict(pretrain_step_s=0.40, fixed_s=161.0, stepped_s=426.0)
 # With --budget-minutes, the pretraining stage's first steps are timed (and then continued): no
 # more than the warm-up, whose schedule does not depend on the run's length.
