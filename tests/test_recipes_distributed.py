@@ -119,16 +119,16 @@ def _free_ports(n):
     return ports
 
 
-def test_two_workers_end_with_identical_weights(tmp_path):
+def _two_workers(directory, tiny):
+    """Both workers' (returncode, stdout, stderr), each a fresh process on a fresh port."""
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    tiny = dict(TINY, train_steps=3, checkpoint_steps=2, global_bn=True)
     procs = []
     for index in range(2):
         env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2",
                    TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker",
                                                                       "index": index}}),
-                   TINY=json.dumps(tiny), MODEL_DIR=str(tmp_path / "run"))
+                   TINY=json.dumps(tiny), MODEL_DIR=str(directory / "run"))
         procs.append(subprocess.Popen([sys.executable, "-c", WORKER], cwd=ROOT, env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outputs = []
@@ -139,8 +139,25 @@ def test_two_workers_end_with_identical_weights(tmp_path):
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
-    for proc, (stdout, stderr) in zip(procs, outputs):
-        assert proc.returncode == 0, stderr[-4000:]
+    return [(proc.returncode, out, err) for proc, (out, err) in zip(procs, outputs)]
+
+
+# A worker of TensorFlow 2.21's MultiWorkerMirroredStrategy sometimes dies in native code
+# (SIGABRT, "terminate called after throwing an instance of ..."), not in this package; not yet
+# diagnosed (docs/development.md). The pair is then run once more, from scratch, in a fresh
+# directory: the assertions below hold for a run that finished, never for an aborted one.
+NATIVE_ABORT = "terminate called after throwing"
+
+
+def test_two_workers_end_with_identical_weights(tmp_path):
+    tiny = dict(TINY, train_steps=3, checkpoint_steps=2, global_bn=True)
+    results = _two_workers(tmp_path, tiny)
+    if any(code == -signal.SIGABRT and NATIVE_ABORT in err for code, _, err in results):
+        tmp_path = tmp_path / "again"
+        tmp_path.mkdir()
+        results = _two_workers(tmp_path, tiny)
+    for code, _, stderr in results:
+        assert code == 0, stderr[-4000:]
     a, b = np.load(tmp_path / "worker0.npz"), np.load(tmp_path / "worker1.npz")
     assert sorted(a.files) == sorted(b.files)
     for path in a.files:
@@ -148,7 +165,7 @@ def test_two_workers_end_with_identical_weights(tmp_path):
     # The chief kept its checkpoints; the other worker's scratch copy is gone.
     assert (tmp_path / "run" / "checkpoints" / "checkpoint").exists()
     assert not any(p.name.startswith("scratch_") for p in (tmp_path / "run").iterdir())
-    metrics = [json.loads(out.split("RESULT")[-1]) for out, _ in outputs]
+    metrics = [json.loads(out.split("RESULT")[-1]) for _, out, _ in results]
     assert metrics[0]["loss"] == metrics[1]["loss"]
 
 
